@@ -1,0 +1,164 @@
+"""Typed schemas for every config group, registered in Hydra's ConfigStore.
+
+The YAML files under ``conf/`` extend these dataclasses, so an unknown key or a wrong type fails at compose
+time. Nothing here imports torch: composing a config (and rendering Kubernetes manifests) stays light.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, OmegaConf
+
+from framework.launcher_config import LauncherConfig
+from framework.storage_config import StorageConfig
+from framework.tracking_config import TrackingConfig
+
+DATA_DIR = Path(__file__).resolve().parent / "data"
+
+
+@dataclass
+class RecipeConfig:
+    name: str = MISSING  # entry point in recipes.RECIPES: lora_llama | full_finetune
+    finetune: str = "lora"  # lora: train adapters only; full: train every weight
+
+
+@dataclass
+class OptimConfig:
+    name: str = "adamw"  # adamw | sgd
+    lr: float = 3e-4  # peak learning rate
+    weight_decay: float = 0.0  # decoupled weight decay
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # Adam betas
+    eps: float = 1e-8  # Adam epsilon
+
+
+@dataclass
+class SchedulerConfig:
+    name: str = "cosine"  # cosine | constant
+    warmup_steps: int = 0  # linear warmup, optimizer steps
+    min_lr_ratio: float = 0.1  # cosine floor as a fraction of optim.lr
+
+
+@dataclass
+class TrainConfig:
+    max_steps: int | None = None  # optimizer steps; null: train for `epochs`
+    epochs: float | None = None  # passes over the train split when max_steps is null
+    micro_batch_size: int = 4  # sequences per process per forward pass
+    grad_accum: int = 1  # micro batches per optimizer step
+    global_batch_size: int | None = None  # sequences per optimizer step; null: derived (must divide if set)
+    grad_clip: float = 1.0  # max global grad norm; 0 disables
+    eval_interval: int = 20  # optimizer steps between evals; 0: only at the end
+    eval_max_batches: int = 0  # cap on eval micro batches; 0: the whole validation split
+    checkpoint_interval: int = 50  # optimizer steps between checkpoints; 0: only at the end
+    keep_last: int = 2  # checkpoints kept (the one `latest` names is never deleted)
+    seed: int = 42  # seeds init, data order, dropout
+    log_interval: int = 1  # optimizer steps between metrics lines
+    progress: bool = True  # rank-0 progress bar
+
+
+@dataclass
+class LoraConfig:
+    r: int = 8  # adapter rank
+    alpha: int = 16  # scaling numerator (scale = alpha / r)
+    dropout: float = 0.05  # dropout on the adapter input
+    target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+
+
+@dataclass
+class ModelConfig:
+    name: str = MISSING  # label for logs and manifests
+    pretrained: str | None = None  # local dir or URI of HF weights; null: random init from the fields below
+    tokenizer: str | None = None  # tokenizer dir or URI; null: `pretrained`, else the dataset's tokenizer
+    vocab_size: int = 32000
+    hidden_size: int = 2048
+    intermediate_size: int = 8192
+    num_hidden_layers: int = 16
+    num_attention_heads: int = 32
+    num_key_value_heads: int = 8
+    max_position_embeddings: int = 8192
+    rope_theta: float = 500000.0
+    rms_norm_eps: float = 1e-5
+    tie_word_embeddings: bool = False
+    attn_implementation: str = "sdpa"  # eager | sdpa | flash_attention_2 | flex_attention
+    gradient_checkpointing: bool = False  # recompute activations in backward to save memory
+
+
+@dataclass
+class DatasetConfig:
+    name: str = MISSING  # label for logs
+    path: str = MISSING  # JSONL file (local path or URI); one JSON object per line
+    tokenizer: str | None = None  # tokenizer shipped with the dataset (used when the model has none)
+    prompt_field: str = "instruction"  # key of the prompt in each JSON object
+    input_field: str | None = "input"  # optional extra context key; missing or empty is fine
+    response_field: str = "response"  # key of the target text
+    template: str = "### Instruction:\n{prompt}\n\n### Response:\n"  # {prompt} and {input} are filled in
+    input_template: str = "### Instruction:\n{prompt}\n\n### Input:\n{input}\n\n### Response:\n"
+    val_path: str | None = None  # separate validation JSONL; null: split `val_fraction` off `path`
+    val_fraction: float = 0.05  # share of examples held out for eval when val_path is null
+    max_seq_len: int = 512  # tokens per packed training sequence
+    packing: bool = True  # pack several examples per sequence (no attention across them)
+    overlong: str = "truncate"  # examples longer than max_seq_len: truncate | drop (counted and reported)
+    cache_dir: str | None = None  # tokenized-data cache; null: ~/.cache/framework/tokenized
+
+
+@dataclass
+class HardwareConfig:
+    name: str = MISSING  # label for logs and manifests
+    nodes: int = 1  # machines (pods); any profile becomes multi-node with hardware.nodes=N
+    nproc_per_node: int = 1  # training processes per node (one per GPU)
+    accelerator: str = "cpu"  # cpu | cuda
+    resource_name: str | None = None  # extended resource requested per pod, e.g. nvidia.com/gpu
+    gpus_per_node: int = 0  # count of resource_name per pod
+    cpu: str = "2"  # CPU per pod (Kubernetes quantity)
+    memory: str = "8Gi"  # memory per pod (Kubernetes quantity)
+    shm_size: str = "1Gi"  # /dev/shm size per pod (memory-backed emptyDir)
+    precision: str = "fp32"  # fp32 | bf16 | fp16
+    zero_stage: int = 0  # DeepSpeed ZeRO stage: 0 | 1 | 2 | 3
+    offload_optimizer: bool = False  # ZeRO-Offload of optimizer state to CPU
+    offload_param: bool = False  # ZeRO-3 parameter offload to CPU
+    node_selector: dict[str, str] = field(default_factory=dict)  # pod nodeSelector
+    tolerations: list[dict[str, Any]] = field(default_factory=list)  # pod tolerations
+
+
+@dataclass
+class Config:
+    recipe: RecipeConfig = MISSING
+    model: ModelConfig = MISSING
+    dataset: DatasetConfig = MISSING
+    hardware: HardwareConfig = MISSING
+    launcher: LauncherConfig = field(default_factory=LauncherConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    lora: LoraConfig | None = field(default_factory=LoraConfig)
+    run_name: str = "run"  # names the run in logs, trackers and Kubernetes objects
+    resume: str = "auto"  # auto: continue from checkpoints/latest if present | none | <path> | <step>
+    debug: bool = False  # show full tracebacks
+
+
+def _data_path(name: str) -> str:
+    return str(DATA_DIR / name)
+
+
+def register() -> None:
+    """Register the schema and resolvers (idempotent)."""
+    if not OmegaConf.has_resolver("framework_data"):
+        # Absolute path of a file the package ships, so configs work from any working directory.
+        OmegaConf.register_new_resolver("framework_data", _data_path)
+    ConfigStore.instance().store(name="config_schema", node=Config)
+
+
+def conf_dir() -> Path:
+    """The YAML config tree: the checkout's ``conf/`` when run from source, else the packaged copy."""
+    here = Path(__file__).resolve().parent
+    src = here.parent / "conf"
+    if (src / "config.yaml").is_file():
+        return src
+    return here / "conf"

@@ -1,0 +1,39 @@
+"""Schema of the ``launcher`` group: where a run executes (local process(es) or a Kubernetes job)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class LauncherConfig:
+    name: str = "local"  # local | kubernetes
+    # --- kubernetes (ignored by the local launcher) ---
+    backend: str = "indexed_job"  # indexed_job | jobset | pytorchjob
+    namespace: str = "default"  # namespace the job is created in
+    context: str | None = None  # kubeconfig context; null: current context, or in-cluster config
+    image: str = "ghcr.io/example/framework:latest"  # training image (dockerfiles/Dockerfile)
+    image_pull_policy: str = "IfNotPresent"  # Always | IfNotPresent | Never
+    image_pull_secrets: list[str] = field(default_factory=list)  # names of docker-registry Secrets
+    service_account: str | None = None  # pod service account; null: none, and no token mounted
+    dry_run: bool = False  # render manifests.yaml, submit nothing
+    max_parallel: int = 4  # sweep jobs in flight at once
+    follow: bool = True  # stream rank-0 logs and wait for the outcome
+    cancel_on_interrupt: str = "ask"  # Ctrl-C: ask | yes (delete the job) | no (leave it running)
+    backoff_limit: int = 3  # pod retries (exit 143 and disruptions are not counted)
+    active_deadline_s: int | None = None  # hard wall-clock limit of the job, seconds; null: none
+    ttl_after_finished_s: int = 86400  # finished jobs are deleted after this many seconds
+    termination_grace_s: int = 30  # SIGTERM to SIGKILL, seconds (the run saves within this)
+    master_port: int = 29500  # c10d rendezvous port on the rank-0 pod
+    run_dir: str = "/workspace/runs"  # run directory root inside pods when storage.output_uri is null
+    pvcs: dict[str, str] = field(default_factory=dict)  # PVC claim name -> mount path
+    env: dict[str, str] = field(default_factory=dict)  # extra plain env vars (never secrets)
+    secret_env: dict[str, str] = field(default_factory=dict)  # ENV_VAR -> "secret-name:key" (secretKeyRef)
+    env_from_secrets: list[str] = field(default_factory=list)  # Secrets mounted whole via envFrom
+    hf_token_secret: str | None = None  # "secret-name:key" for HF_TOKEN
+    s3_secret: str | None = None  # Secret with AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (envFrom)
+    labels: dict[str, str] = field(default_factory=dict)  # extra labels on every object
+    annotations: dict[str, str] = field(default_factory=dict)  # extra pod annotations
+    setup_namespace: bool = False  # also render ServiceAccount, Role, RoleBinding, NetworkPolicy
+    extra: dict[str, Any] = field(default_factory=dict)  # backend-specific passthrough
