@@ -1,0 +1,78 @@
+"""Sweep summaries: one table row per job, best final eval loss first. No torch import."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from hydra.core.utils import JobReturn
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+
+@dataclass
+class JobSummary:
+    overrides: str  # the job's sweep overrides, "k=v k=v"
+    status: str  # COMPLETED | FAILED | ...
+    eval_loss: float | None = None  # final eval loss
+    tokens_per_s: float | None = None  # mean training throughput
+    wall_s: float | None = None  # wall time of the job
+    run_dir: str | None = None  # where its run directory is
+
+    @classmethod
+    def from_return(cls, overrides: Sequence[str], status: str, value: Any) -> JobSummary:
+        value = value if isinstance(value, dict) else {}
+        return cls(
+            overrides=" ".join(overrides) or "(no overrides)",
+            status=status,
+            eval_loss=value.get("eval_loss"),
+            tokens_per_s=value.get("tokens_per_s"),
+            wall_s=value.get("wall_s"),
+            run_dir=value.get("run_dir"),
+        )
+
+
+def _fmt(x: float | None, spec: str) -> str:
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
+
+
+def format_summary(rows: Sequence[JobSummary]) -> str:
+    """A plain-text table, best (lowest final eval loss) first, the best job marked with '*'."""
+    ranked = sorted(rows, key=lambda r: (r.eval_loss is None, r.eval_loss if r.eval_loss is not None else 0.0))
+    best = ranked[0] if ranked and ranked[0].eval_loss is not None else None
+    header = ("", "overrides", "status", "eval_loss", "tokens/s", "wall_s", "run_dir")
+    lines = [
+        (
+            "*" if r is best else "",
+            r.overrides,
+            r.status,
+            _fmt(r.eval_loss, ".4f"),
+            _fmt(r.tokens_per_s, ".0f"),
+            _fmt(r.wall_s, ".1f"),
+            r.run_dir or "-",
+        )
+        for r in ranked
+    ]
+    widths = [max(len(str(c[i])) for c in [header, *lines]) for i in range(len(header))]
+    out = ["Sweep summary (best first):"]
+    for cells in [header, *lines]:
+        out.append("  ".join(str(c).ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip())
+    return "\n".join(out)
+
+
+class SweepSummaryCallback(Callback):
+    """Collects every local job's return value and prints the summary when the multirun ends."""
+
+    def __init__(self) -> None:
+        self.rows: list[JobSummary] = []
+
+    def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
+        value = job_return._return_value if job_return.status.name == "COMPLETED" else None
+        overrides = list(job_return.overrides or [])
+        self.rows.append(JobSummary.from_return(overrides, job_return.status.name, value))
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        if self.rows:
+            print(format_summary(self.rows), flush=True)
