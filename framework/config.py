@@ -6,18 +6,17 @@ time. Nothing here imports torch: composing a config (and rendering Kubernetes m
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, OmegaConf
+from omegaconf import MISSING
 
 from framework.launcher_config import LauncherConfig
 from framework.storage_config import StorageConfig
 from framework.tracking_config import TrackingConfig
-
-DATA_DIR = Path(__file__).resolve().parent / "data"
 
 
 @dataclass
@@ -86,6 +85,7 @@ class ModelConfig:
     tie_word_embeddings: bool = False
     attn_implementation: str = "sdpa"  # eager | sdpa | flash_attention_2 | flex_attention
     gradient_checkpointing: bool = False  # recompute activations in backward to save memory
+    train_embeddings: bool = False  # LoRA runs also train embeddings + LM head (for random-init bases)
 
 
 @dataclass
@@ -143,15 +143,26 @@ class Config:
     debug: bool = False  # show full tracebacks
 
 
-def _data_path(name: str) -> str:
-    return str(DATA_DIR / name)
+PKG_PREFIX = "pkg://"
+
+
+def package_path(uri: str) -> str:
+    """Map ``pkg://<module>/<relpath>`` to the file the installed package ships; other paths unchanged.
+
+    Shipped data is named this way (not by absolute path) so a resolved config stays valid on another machine,
+    e.g. inside a pod.
+    """
+    if not uri.startswith(PKG_PREFIX):
+        return uri
+    module, _, rel = uri[len(PKG_PREFIX) :].partition("/")
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"{uri}: package {module!r} is not installed")
+    return str(Path(next(iter(spec.submodule_search_locations))) / rel)
 
 
 def register() -> None:
-    """Register the schema and resolvers (idempotent)."""
-    if not OmegaConf.has_resolver("framework_data"):
-        # Absolute path of a file the package ships, so configs work from any working directory.
-        OmegaConf.register_new_resolver("framework_data", _data_path)
+    """Register the schema in Hydra's ConfigStore (idempotent)."""
     ConfigStore.instance().store(name="config_schema", node=Config)
 
 

@@ -40,7 +40,9 @@ def _fmt(x: float | None, spec: str) -> str:
 
 def format_summary(rows: Sequence[JobSummary]) -> str:
     """A plain-text table, best (lowest final eval loss) first, the best job marked with '*'."""
-    ranked = sorted(rows, key=lambda r: (r.eval_loss is None, r.eval_loss if r.eval_loss is not None else 0.0))
+    ranked = sorted(
+        rows, key=lambda r: (r.eval_loss is None, r.eval_loss if r.eval_loss is not None else 0.0)
+    )
     best = ranked[0] if ranked and ranked[0].eval_loss is not None else None
     header = ("", "overrides", "status", "eval_loss", "tokens/s", "wall_s", "run_dir")
     lines = [

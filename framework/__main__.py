@@ -1,0 +1,196 @@
+"""``python -m framework [group=option ...] [key=value ...]``: compose, validate, launch, run the recipe.
+
+Exit codes (DESIGN.md): 0 done; 2 bad config, usage or data (never retried); 1 runtime failure; 143 stopped by
+SIGTERM after saving a checkpoint. Errors print one clear message without a traceback; ``debug=true`` or
+``FRAMEWORK_DEBUG=1`` shows it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import traceback
+from pathlib import Path
+from typing import Any
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import (
+    ConfigCompositionException,
+    HydraException,
+    MissingConfigException,
+    OverrideParseException,
+)
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
+
+from framework import distributed as dist
+from framework.config import Config, conf_dir, register
+from framework.errors import EXIT_RUNTIME, EXIT_USAGE, ConfigError, FrameworkError, Preempted
+from framework.validate import check
+from recipes import RECIPES
+
+log = logging.getLogger("framework")
+_failed_jobs: list[str] = []
+
+
+def _gpu_count() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def recipe_entry(name: str) -> Any:
+    module, _, func = RECIPES[name].partition(":")
+    return getattr(importlib.import_module(module), func)
+
+
+def write_resolved(cfg: DictConfig, path: Path) -> None:
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(plain, dict)
+    plain.pop("hydra", None)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(OmegaConf.to_yaml(OmegaConf.create(plain)))
+
+
+def spawn_torchrun(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    """Run the recipe in ``nproc_per_node`` local processes under torchrun, each reading the resolved config."""
+    import json
+
+    n = cfg.hardware.nproc_per_node
+    port = dist.free_port()
+    env = dict(os.environ)
+    env.update(
+        {
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+            "NNODES": "1",
+            "NODE_RANK": "0",
+            "NPROC_PER_NODE": str(n),
+        }
+    )
+    with tempfile.TemporaryDirectory(prefix="framework-launch-") as tmp:
+        write_resolved(cfg, Path(tmp) / "config.yaml")
+        cmd = [
+            sys.executable, "-m", "torch.distributed.run",
+            "--nnodes=1", f"--nproc-per-node={n}", "--node-rank=0",
+            "--master-addr=127.0.0.1", f"--master-port={port}",
+            "-m", "framework", f"--config-path={tmp}", "--config-name=config",
+            "hydra.mode=RUN", f"hydra.run.dir={run_dir}", "hydra.output_subdir=null",
+        ]  # fmt: skip
+        log.info("Starting %d processes under torchrun; run directory: %s", n, run_dir)
+        rc = subprocess.call(cmd, env=env)
+    if rc == 143 or rc == -15:
+        raise Preempted(f"torchrun job stopped by SIGTERM; resume from {run_dir}/checkpoints/latest")
+    if rc == EXIT_USAGE:
+        raise ConfigError("a training process rejected the config or data (see its message above)")
+    if rc != 0:
+        raise FrameworkError(f"torchrun exited with code {rc}; see the rank logs above")
+    evals = []
+    metrics = run_dir / "metrics.jsonl"
+    if metrics.is_file():
+        evals = [json.loads(ln) for ln in metrics.read_text().splitlines() if "eval_loss" in ln]
+    return {
+        "status": "COMPLETED",
+        "eval_loss": evals[-1]["eval_loss"] if evals else None,
+        "run_dir": str(run_dir),
+    }
+
+
+def task(cfg: DictConfig) -> dict[str, Any]:
+    """The Hydra task: validate, then run the recipe here, or fan out under torchrun."""
+    from framework.train import run_dir_for
+
+    if dist.under_torchrun() and int(os.environ.get("RANK", "0")) != 0:
+        logging.getLogger().setLevel(logging.WARNING)
+    multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+    try:
+        cfg = check(cfg, gpu_count=_gpu_count)
+        run_dir = run_dir_for(cfg)
+        if cfg.launcher.name == "local" and cfg.hardware.nproc_per_node > 1 and not dist.under_torchrun():
+            return spawn_torchrun(cfg, run_dir)
+        result: dict[str, Any] = recipe_entry(cfg.recipe.name)(cfg)
+        return result
+    except FrameworkError as e:
+        if not multirun:
+            raise
+        # One failing sweep job must not stop the others; the summary and the exit code report it.
+        log.error("%s", e)
+        _failed_jobs.append(str(e))
+        return {"status": "FAILED", "error": str(e)}
+
+
+def describe_error(e: BaseException) -> tuple[str, int]:
+    """One clear message and the exit code for an error escaping the app."""
+    if isinstance(e, FrameworkError):
+        return str(e), e.exit_code
+    if isinstance(e, MissingConfigException):
+        return f"Invalid config: {e}".rstrip(), EXIT_USAGE
+    if isinstance(e, ConfigCompositionException | OverrideParseException | OmegaConfBaseException):
+        cause = e.__cause__
+        if isinstance(cause, ConfigAttributeError | ConfigKeyError) and getattr(cause, "full_key", None):
+            key = str(cause.full_key)
+            valid = _known_keys(key)
+            hint = f"; valid keys there: {', '.join(valid)}" if valid else ""
+            return f"Invalid config: unknown key '{key}'{hint}", EXIT_USAGE
+        msg = str(e).replace("To append to your config use", "(to add a new key use")
+        if isinstance(cause, OmegaConfBaseException):
+            msg = f"{msg}\n{cause}"
+        return f"Invalid config: {msg}".rstrip(), EXIT_USAGE
+    if isinstance(e, HydraException):
+        return f"Invalid usage: {e}", EXIT_USAGE
+    if type(e).__name__ == "StorageError":
+        return str(e), EXIT_RUNTIME
+    return "".join(traceback.format_exception(e)).rstrip(), EXIT_RUNTIME
+
+
+def _known_keys(full_key: str) -> list[str] | None:
+    node = OmegaConf.structured(Config)
+    parent = full_key.rsplit(".", 1)[0] if "." in full_key else ""
+    try:
+        target = OmegaConf.select(node, parent, throw_on_missing=False) if parent else node
+    except OmegaConfBaseException:
+        return None
+    if isinstance(target, DictConfig):
+        return sorted(str(k) for k in target)
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point; returns the process exit code."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    debug = os.environ.get("FRAMEWORK_DEBUG") == "1" or any(a in ("debug=true", "debug=True") for a in args)
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # errors reach us; we print them once, cleanly
+    register()
+    sys.argv = [sys.argv[0] if sys.argv else "framework", *args]
+    _failed_jobs.clear()
+    app = hydra.main(config_path=str(conf_dir()), config_name="config", version_base="1.3")(task)
+    try:
+        app()
+    except SystemExit as e:
+        return int(e.code) if isinstance(e.code, int) else (0 if e.code is None else EXIT_USAGE)
+    except BaseException as e:  # noqa: BLE001 - the single place errors become exit codes
+        if isinstance(e, KeyboardInterrupt):
+            return 130
+        msg, code = describe_error(e)
+        if debug and code != EXIT_RUNTIME:
+            traceback.print_exception(e)
+        print(f"error: {msg}", file=sys.stderr, flush=True)
+        if code == EXIT_USAGE and not debug:
+            print(
+                "(exit code 2: fix the config and rerun; add debug=true for the traceback)", file=sys.stderr
+            )
+        return code
+    if _failed_jobs:
+        print(f"error: {len(_failed_jobs)} sweep job(s) failed", file=sys.stderr)
+        return EXIT_RUNTIME
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

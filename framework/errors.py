@@ -1,0 +1,50 @@
+"""Error types and the exit-code contract (DESIGN.md): 0 done, 2 bad config or data, 1 runtime, 143 SIGTERM."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+EXIT_OK = 0
+EXIT_RUNTIME = 1
+EXIT_USAGE = 2
+EXIT_PREEMPTED = 143
+
+
+class FrameworkError(Exception):
+    """Base of every error the framework reports to the user without a traceback."""
+
+    exit_code = EXIT_RUNTIME
+
+
+class ConfigError(FrameworkError):
+    """The configuration is invalid. Permanent: a retry cannot help. Collects every problem at once."""
+
+    exit_code = EXIT_USAGE
+
+    def __init__(self, problems: Iterable[str] | str) -> None:
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        super().__init__(self._render())
+
+    def _render(self) -> str:
+        if len(self.problems) == 1:
+            return f"Invalid config: {self.problems[0]}"
+        body = "\n".join(f"  - {p}" for p in self.problems)
+        return f"Invalid config ({len(self.problems)} problems):\n{body}"
+
+
+class DataError(FrameworkError):
+    """Input data is missing or malformed (names the file and line). Permanent."""
+
+    exit_code = EXIT_USAGE
+
+
+class CheckpointError(FrameworkError):
+    """A checkpoint cannot be loaded (missing files, or incompatible with the config)."""
+
+    exit_code = EXIT_RUNTIME
+
+
+class Preempted(FrameworkError):
+    """SIGTERM/SIGINT arrived; a checkpoint was saved. Retryable: a restart resumes from it."""
+
+    exit_code = EXIT_PREEMPTED

@@ -1,0 +1,120 @@
+"""Model and tokenizer: an HF causal LM from a local path or URI, or random init from the config; LoRA via peft."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from omegaconf import DictConfig
+
+from framework.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+def tokenizer_uri(cfg: DictConfig) -> str:
+    uri = cfg.model.tokenizer or cfg.model.pretrained or cfg.dataset.tokenizer
+    if not uri:
+        raise ConfigError(
+            "no tokenizer: set model.tokenizer, model.pretrained, or dataset.tokenizer to a tokenizer directory"
+        )
+    return str(uri)
+
+
+def load_tokenizer(cfg: DictConfig) -> Any:
+    from transformers import AutoTokenizer
+
+    from framework.dataset import local_path
+
+    uri = tokenizer_uri(cfg)
+    path = local_path(uri)
+    try:
+        tok = AutoTokenizer.from_pretrained(str(path))
+    except (OSError, ValueError) as e:
+        raise ConfigError(
+            f"tokenizer at {uri} cannot be loaded ({e}); point model.tokenizer at a HF tokenizer dir"
+        ) from e
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def build_model(cfg: DictConfig, vocab_len: int) -> Any:
+    """Load pretrained weights, or build a random-init Llama (seeded) from the model config."""
+    import torch
+    from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+
+    from framework.dataset import local_path
+
+    m = cfg.model
+    dtype = getattr(torch, DTYPES[cfg.hardware.precision])
+    if m.pretrained:
+        path = local_path(m.pretrained)
+        try:
+            model = AutoModelForCausalLM.from_pretrained(
+                str(path), dtype=dtype, attn_implementation=m.attn_implementation
+            )
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"model.pretrained={m.pretrained} cannot be loaded: {e}") from e
+    else:
+        if vocab_len > m.vocab_size:
+            raise ConfigError(
+                f"model.vocab_size={m.vocab_size} is smaller than the tokenizer ({vocab_len} tokens); "
+                f"set model.vocab_size>={vocab_len}"
+            )
+        config = LlamaConfig(
+            vocab_size=m.vocab_size,
+            hidden_size=m.hidden_size,
+            intermediate_size=m.intermediate_size,
+            num_hidden_layers=m.num_hidden_layers,
+            num_attention_heads=m.num_attention_heads,
+            num_key_value_heads=m.num_key_value_heads,
+            max_position_embeddings=m.max_position_embeddings,
+            rope_theta=m.rope_theta,
+            rms_norm_eps=m.rms_norm_eps,
+            tie_word_embeddings=m.tie_word_embeddings,
+        )
+        config._attn_implementation = m.attn_implementation
+        torch.manual_seed(cfg.train.seed)
+        model = LlamaForCausalLM(config).to(dtype)
+    model.config.use_cache = False
+    if m.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return model
+
+
+def apply_lora(model: Any, cfg: DictConfig) -> Any:
+    from peft import LoraConfig, get_peft_model
+
+    lc = cfg.lora
+    if cfg.model.train_embeddings and model.config.tie_word_embeddings:
+        # peft copies modules_to_save; a tied LM head would stay frozen on the original weights.
+        raise ConfigError("model.train_embeddings=true needs model.tie_word_embeddings=false")
+    names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
+    unknown = [t for t in lc.target_modules if t not in names]
+    if unknown:
+        linear = sorted(
+            {n.rsplit(".", 1)[-1] for n, mod in model.named_modules() if type(mod).__name__ == "Linear"}
+        )
+        raise ConfigError(f"lora.target_modules {unknown} are not modules of this model; valid: {linear}")
+    peft_cfg = LoraConfig(
+        task_type="CAUSAL_LM",
+        r=lc.r,
+        lora_alpha=lc.alpha,
+        lora_dropout=lc.dropout,
+        target_modules=list(lc.target_modules),
+        # A random-init base has no vocabulary to adapt; its embeddings must learn one alongside the adapters.
+        modules_to_save=["embed_tokens", "lm_head"] if cfg.model.train_embeddings else None,
+    )
+    model = get_peft_model(model, peft_cfg)
+    if cfg.model.gradient_checkpointing:
+        model.enable_input_require_grads()
+    return model
+
+
+def count_params(model: Any) -> tuple[int, int]:
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return total, trainable

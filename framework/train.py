@@ -1,0 +1,480 @@
+"""The training loop both recipes call: data, model, DeepSpeed engine, eval, checkpoints, metrics, resume.
+
+Plain functions, no base class: a recipe decides what is trainable (LoRA adapters or every weight) and what is
+written at the end; everything else is here.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from framework import checkpoint
+from framework import dataset as data
+from framework import distributed as dist
+from framework.errors import ConfigError, DataError, Preempted
+
+log = logging.getLogger("framework")
+
+
+# ----------------------------------------------------------------------------------------------- set-up
+
+
+def seed_everything(seed: int) -> None:
+    import random
+
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def deepspeed_config(cfg: DictConfig) -> dict[str, Any]:
+    """The DeepSpeed config, derived from the recipe and the hardware profile."""
+    hw, tr, opt = cfg.hardware, cfg.train, cfg.optim
+    zero: dict[str, Any] = {
+        "stage": hw.zero_stage,
+        "contiguous_gradients": True,
+        # Overlapping reduction with backward pays on GPUs; on gloo it only adds threads.
+        "overlap_comm": hw.accelerator == "cuda",
+        "reduce_bucket_size": 5e8,
+        "allgather_bucket_size": 5e8,
+    }
+    if hw.zero_stage == 3:
+        zero["stage3_gather_16bit_weights_on_model_save"] = True
+    if hw.offload_optimizer:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": hw.accelerator == "cuda"}
+    if hw.offload_param:
+        zero["offload_param"] = {"device": "cpu", "pin_memory": hw.accelerator == "cuda"}
+    ds: dict[str, Any] = {
+        "train_micro_batch_size_per_gpu": tr.micro_batch_size,
+        "gradient_accumulation_steps": tr.grad_accum,
+        "gradient_clipping": float(tr.grad_clip),
+        "zero_optimization": zero,
+        "bf16": {"enabled": hw.precision == "bf16"},
+        "fp16": {"enabled": hw.precision == "fp16"},
+        "steps_per_print": 1 << 30,
+        "wall_clock_breakdown": False,
+        "zero_allow_untested_optimizer": True,
+        "zero_force_ds_cpu_optimizer": False,
+    }
+    if opt.name == "adamw":
+        # torch_adam: the stock torch AdamW, so no fused op is compiled on first start.
+        ds["optimizer"] = {
+            "type": "AdamW",
+            "params": {
+                "lr": opt.lr,
+                "betas": list(opt.betas),
+                "eps": opt.eps,
+                "weight_decay": opt.weight_decay,
+                "torch_adam": True,
+            },
+        }
+    return ds
+
+
+def lr_lambda(cfg: DictConfig, total_steps: int) -> Callable[[int], float]:
+    """Linear warmup, then cosine decay to ``min_lr_ratio`` (or constant)."""
+    warmup = cfg.scheduler.warmup_steps
+    floor = cfg.scheduler.min_lr_ratio
+    name = cfg.scheduler.name
+
+    def f(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        if name == "constant":
+            return 1.0
+        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+        return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return f
+
+
+@dataclass
+class Data:
+    train: data.Batches
+    val: list[data.Sequence]
+    steps: int  # optimizer steps for the whole run
+
+
+def prepare_data(cfg: DictConfig, tokenizer: Any) -> Data:
+    ds, tr = cfg.dataset, cfg.train
+    examples, stats = data.load_tokenized(ds.path, tokenizer, ds)
+    if dist.is_rank0():
+        data.report(stats, ds.path, ds)
+    if ds.val_path:
+        val_examples, vstats = data.load_tokenized(ds.val_path, tokenizer, ds)
+        if dist.is_rank0():
+            data.report(vstats, ds.val_path, ds)
+        train_examples = examples
+    else:
+        train_examples, val_examples = data.split(examples, ds.val_fraction, tr.seed)
+    if not train_examples:
+        raise DataError(f"the train split of {ds.path} is empty (after dropping overlong examples)")
+    if not val_examples and (ds.val_path or ds.val_fraction > 0):
+        raise DataError(
+            f"the validation split of {ds.val_path or ds.path} is empty; raise dataset.val_fraction or add examples"
+        )
+    pad = tokenizer.pad_token_id
+    train_rows = data.pack(train_examples, ds.max_seq_len, pad, ds.packing, tr.seed)
+    val_rows = data.pack(val_examples, ds.max_seq_len, pad, ds.packing, tr.seed)
+    world = dist.world_size()
+    batches = data.Batches(train_rows, tr.micro_batch_size, world, dist.rank(), tr.seed)
+    if batches.per_epoch == 0:
+        raise DataError(
+            f"the train split packs into {len(train_rows)} sequences, fewer than one global micro batch "
+            f"(train.micro_batch_size x world size = {tr.micro_batch_size} x {world}); lower "
+            "train.micro_batch_size or dataset.max_seq_len, or add data"
+        )
+    if tr.max_steps is not None:
+        steps = int(tr.max_steps)
+    else:
+        steps = max(1, math.ceil(float(tr.epochs) * batches.per_epoch / tr.grad_accum))
+    return Data(batches, val_rows, steps)
+
+
+# ----------------------------------------------------------------------------------------------- run dir
+
+
+@dataclass
+class RunDir:
+    """The run directory of DESIGN.md. Local for now; remote URIs are staged locally then uploaded."""
+
+    path: Path
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / "checkpoints"
+
+    @property
+    def metrics(self) -> Path:
+        return self.path / "metrics.jsonl"
+
+    def write_config(self, cfg: DictConfig) -> None:
+        plain = OmegaConf.to_container(cfg, resolve=True)
+        assert isinstance(plain, dict)
+        plain.pop("hydra", None)
+        (self.path / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(plain)))
+
+    def truncate_metrics(self, after_step: int) -> None:
+        """Drop lines a preempted run wrote past its last checkpoint, so a resume does not repeat steps."""
+        if not self.metrics.is_file():
+            return
+        keep = [
+            ln for ln in self.metrics.read_text().splitlines() if ln and json.loads(ln)["step"] <= after_step
+        ]
+        self.metrics.write_text("".join(f"{ln}\n" for ln in keep))
+
+
+class MetricsLog:
+    """Rank 0 appends one JSON object per line to metrics.jsonl; other ranks write nothing."""
+
+    def __init__(self, path: Path, enabled: bool, sinks: list[Callable[[dict[str, Any]], None]]) -> None:
+        self.enabled = enabled
+        self.sinks = sinks
+        self._f = path.open("a", buffering=1) if enabled else None
+
+    def write(self, record: dict[str, Any]) -> None:
+        if self._f is None:
+            return
+        self._f.write(json.dumps(record) + "\n")
+        for sink in self.sinks:
+            sink(record)
+
+    def close(self) -> None:
+        if self._f is not None:
+            self._f.close()
+
+
+# ----------------------------------------------------------------------------------------------- signals
+
+
+@dataclass
+class StopFlag:
+    """Set by SIGTERM/SIGINT; checked (and agreed on by all ranks) at each step boundary."""
+
+    signum: int = 0
+    previous: dict[int, Any] = field(default_factory=dict)
+
+    def install(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self.previous[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signum:
+            # Second signal: leave at once. `latest` is written atomically, so it is never half-written.
+            raise SystemExit(128 + signum)
+        self.signum = signum
+        log.warning("Received signal %d: saving a checkpoint at the next step boundary, then exiting", signum)
+
+    def restore(self) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
+# ----------------------------------------------------------------------------------------------- loop
+
+
+def evaluate(engine: Any, rows: list[data.Sequence], micro: int, max_batches: int) -> tuple[float, float]:
+    """Token-weighted mean loss over this rank's share of the validation rows, reduced over ranks."""
+    import torch
+
+    engine.eval()
+    mine = rows[dist.rank() :: dist.world_size()]
+    batches = [mine[i : i + micro] for i in range(0, len(mine), micro)]
+    if max_batches:
+        batches = batches[:max_batches]
+    loss_sum, n_tok = 0.0, 0.0
+    with torch.no_grad():
+        for rows_b in batches:
+            batch = {k: v.to(engine.device) for k, v in data.collate(rows_b).items()}
+            n = int((batch["labels"][:, 1:] != data.IGNORE_INDEX).sum())
+            if n == 0:
+                continue
+            out = engine(**batch)
+            loss_sum += float(out.loss) * n
+            n_tok += n
+    engine.train()
+    loss_sum, n_tok = dist.all_reduce_sum([loss_sum, n_tok])
+    loss = loss_sum / max(n_tok, 1.0)
+    return loss, math.exp(min(loss, 50.0))
+
+
+def resolve_resume(cfg: DictConfig, run: RunDir) -> tuple[Path, str] | None:
+    """Which checkpoint to resume from: auto (latest if any) | none | <step> | <path to a checkpoint dir>."""
+    mode = str(cfg.resume)
+    if mode == "none":
+        return None
+    if mode == "auto":
+        tag = checkpoint.read_latest(run.checkpoints)
+        return (run.checkpoints, tag) if tag else None
+    if mode.isdigit():
+        tag = checkpoint.tag_for(int(mode))
+        if not (run.checkpoints / tag).is_dir():
+            raise ConfigError(f"resume={mode}: {run.checkpoints / tag} does not exist")
+        return run.checkpoints, tag
+    path = Path(mode).expanduser()
+    if path.is_dir() and checkpoint.TAG_RE.match(path.name):
+        return path.parent, path.name
+    if path.is_dir() and (path / checkpoint.LATEST).is_file():
+        tag = checkpoint.read_latest(path)
+        assert tag is not None
+        return path, tag
+    raise ConfigError(
+        f"resume={mode!r} is neither auto, none, a step number, nor a checkpoint directory; "
+        "pass e.g. resume=auto or resume=/runs/x/checkpoints/step_40"
+    )
+
+
+def train(
+    cfg: DictConfig,
+    run_dir: Path,
+    *,
+    prepare_model: Callable[[DictConfig, Any], Any],
+    export: Callable[[Any, DictConfig, Path, Any], None],
+) -> dict[str, Any]:
+    """Run the whole training job in this rank; return the final metrics (rank 0's view)."""
+    import deepspeed
+    import torch
+    from tqdm import tqdm
+
+    from framework.model import count_params, load_tokenizer
+
+    t_start = time.time()
+    dist.init(cfg.hardware.accelerator)
+    rank0 = dist.is_rank0()
+    run = RunDir(run_dir)
+    if rank0:
+        run.path.mkdir(parents=True, exist_ok=True)
+        run.write_config(cfg)
+        log.info("Run directory: %s", run.path.resolve())
+        log.info("World: %d process(es) %s", dist.world_size(), dist.describe())
+    seed_everything(cfg.train.seed)
+    torch.set_num_threads(max(1, torch.get_num_threads() // max(1, int(dist.world_size()))))
+
+    tokenizer = load_tokenizer(cfg)
+    d = prepare_data(cfg, tokenizer)
+    model = prepare_model(cfg, tokenizer)
+    total, trainable = count_params(model)
+    if rank0:
+        log.info(
+            "Model %s: %s parameters, %s trainable (%.2f%%); %d train sequences of %d tokens, %d val, %d steps",
+            cfg.model.name,
+            f"{total:,}",
+            f"{trainable:,}",
+            100 * trainable / max(total, 1),
+            len(d.train.rows),
+            cfg.dataset.max_seq_len,
+            len(d.val),
+            d.steps,
+        )
+
+    ds_cfg = deepspeed_config(cfg)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = None
+    if cfg.optim.name == "sgd":
+        optimizer = torch.optim.SGD(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+    schedule = lr_lambda(cfg, d.steps)
+    engine, optimizer, _, scheduler = deepspeed.initialize(
+        model=model,
+        model_parameters=params,
+        optimizer=optimizer,
+        lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, schedule),
+        config=ds_cfg,
+        dist_init_required=False,
+    )
+
+    step, consumed = 0, 0
+    resume_from = resolve_resume(cfg, run)
+    if resume_from is not None:
+        root, tag = resume_from
+        state = checkpoint.load(engine, root, tag)
+        expected = {"world_size": dist.world_size(), "model": cfg.model.name, "finetune": cfg.recipe.finetune}
+        saved = {k: state.get(k) for k in expected}
+        if saved != expected:
+            raise ConfigError(
+                f"checkpoint {root / tag} was written with {saved}, this run has {expected}; resume with the "
+                "same model, recipe and world size, or start over with resume=none"
+            )
+        step, consumed = int(state["step"]), int(state["consumed"])
+        if rank0:
+            log.info("Resumed from %s at step %d", root / tag, step)
+            run.truncate_metrics(step)
+
+    metrics = MetricsLog(run.metrics, rank0, [])
+    stop = StopFlag()
+    stop.install()
+    micro, accum = cfg.train.micro_batch_size, cfg.train.grad_accum
+    bar = tqdm(
+        total=d.steps,
+        initial=step,
+        disable=not (rank0 and cfg.train.progress),
+        dynamic_ncols=True,
+        desc="train",
+        unit="step",
+    )
+    last: dict[str, Any] = {}
+    last_eval: dict[str, Any] = {}
+    tok_rate_sum, tok_rate_n = 0.0, 0
+
+    def client_state() -> dict[str, Any]:
+        return {
+            "step": step,
+            "consumed": consumed,
+            "world_size": dist.world_size(),
+            "model": cfg.model.name,
+            "finetune": cfg.recipe.finetune,
+        }
+
+    def save_checkpoint() -> None:
+        t0 = time.time()
+        checkpoint.save(engine, run.checkpoints, step, client_state())
+        checkpoint.prune(run.checkpoints, cfg.train.keep_last)
+        if rank0:
+            log.info("Checkpoint step_%d saved in %.2fs", step, time.time() - t0)
+
+    def run_eval() -> None:
+        nonlocal last_eval
+        if not d.val:
+            return
+        eval_loss, ppl = evaluate(engine, d.val, micro, cfg.train.eval_max_batches)
+        last_eval = {"step": step, "eval_loss": eval_loss, "perplexity": ppl}
+        metrics.write(last_eval)
+        if rank0:
+            bar.write(f"step {step}: eval_loss {eval_loss:.4f}  perplexity {ppl:.2f}")
+
+    try:
+        while step < d.steps:
+            t0 = time.perf_counter()
+            loss_sum, tokens = 0.0, 0
+            for _ in range(accum):
+                rows = d.train.batch(consumed)
+                consumed += 1
+                batch = {k: v.to(engine.device) for k, v in data.collate(rows).items()}
+                out = engine(**batch)
+                engine.backward(out.loss)
+                engine.step()
+                loss_sum += float(out.loss.detach())
+                tokens += data.n_real_tokens(rows)
+            step += 1
+            # One collective per step: loss and token counts from every rank, plus any rank's stop request.
+            loss_sum, tokens_all, n = dist.all_reduce_sum([loss_sum, float(tokens), float(accum)])
+            stop_any = dist.all_reduce_max([float(stop.signum)])[0]
+            dt = time.perf_counter() - t0
+            loss = loss_sum / n
+            tok_s = tokens_all / dt
+            tok_rate_sum, tok_rate_n = tok_rate_sum + tok_s, tok_rate_n + 1
+            lr = scheduler.get_last_lr()[0] if scheduler is not None else cfg.optim.lr
+            last = {"step": step, "loss": loss, "lr": lr, "tokens_per_s": tok_s, "step_time_s": dt}
+            if step % cfg.train.log_interval == 0 or step == d.steps:
+                metrics.write(last)
+            bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tok_s:,.0f}", refresh=False)
+            bar.update(1)
+            if not math.isfinite(loss):
+                raise FloatingPointError(f"loss is {loss} at step {step}; lower optim.lr or check the data")
+            if cfg.train.eval_interval and step % cfg.train.eval_interval == 0 and step < d.steps:
+                run_eval()
+            if stop_any:
+                save_checkpoint()
+                raise Preempted(
+                    f"stopped by signal {int(stop_any)} at step {step}; checkpoint step_{step} saved"
+                )
+            if cfg.train.checkpoint_interval and step % cfg.train.checkpoint_interval == 0 and step < d.steps:
+                save_checkpoint()
+        run_eval()
+        save_checkpoint()
+        export(engine, cfg, run.path, tokenizer)
+    finally:
+        bar.close()
+        metrics.close()
+        stop.restore()
+    dist.barrier()
+    result = {
+        "status": "COMPLETED",
+        "steps": step,
+        "loss": last.get("loss"),
+        "eval_loss": last_eval.get("eval_loss"),
+        "perplexity": last_eval.get("perplexity"),
+        "tokens_per_s": tok_rate_sum / tok_rate_n if tok_rate_n else None,
+        "wall_s": time.time() - t_start,
+        "run_dir": str(run.path),
+    }
+    if rank0:
+        log.info(
+            "Done: %d steps, eval_loss %s, %.1fs; outputs in %s",
+            step,
+            f"{result['eval_loss']:.4f}" if result["eval_loss"] is not None else "-",
+            result["wall_s"],
+            run.path.resolve(),
+        )
+    return result
+
+
+def full_state_dict(engine: Any) -> dict[str, Any] | None:
+    """The full (unpartitioned) state dict on rank 0; None on other ranks. A collective under ZeRO-3."""
+    if engine.zero_optimization_stage() == 3:
+        sd = engine._zero3_consolidated_16bit_state_dict()
+        return sd if dist.is_rank0() else None
+    return engine.module.state_dict() if dist.is_rank0() else None
+
+
+def run_dir_for(cfg: DictConfig) -> Path:
+    """``storage.output_uri`` when set, else Hydra's job output dir, else ``outputs/<run_name>``."""
+    if cfg.storage.output_uri:
+        return Path(str(cfg.storage.output_uri).removeprefix("file://"))
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized():
+        return Path(HydraConfig.get().runtime.output_dir)
+    return Path("outputs") / cfg.run_name

@@ -1,0 +1,38 @@
+"""Full fine-tuning of a Llama causal LM on the DeepSpeed engine: every weight is trained.
+
+Same data pipeline, loop, checkpoints and resume as `lora_llama`; writes `model/` in Hugging Face format
+(load with `AutoModelForCausalLM.from_pretrained("<run>/model")`) with the tokenizer beside it.
+
+    python -m framework recipe=full_finetune
+    python -m framework recipe=full_finetune hardware.nproc_per_node=2 hardware.zero_stage=3
+    python -m framework recipe=full_finetune model=llama3_2_1b model.pretrained=/models/Llama-3.2-1B \\
+        dataset=jsonl dataset.path=/data/train.jsonl hardware=h200x1
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from framework import distributed as dist
+from framework.model import build_model
+from framework.train import full_state_dict, run_dir_for, train
+
+
+def prepare_model(cfg: DictConfig, tokenizer: Any) -> Any:
+    return build_model(cfg, len(tokenizer))
+
+
+def export(engine: Any, cfg: DictConfig, run_dir: Path, tokenizer: Any) -> None:
+    state_dict = full_state_dict(engine)  # a collective under ZeRO-3: every rank calls it
+    if dist.is_rank0():
+        out = run_dir / "model"
+        engine.module.save_pretrained(str(out), state_dict=state_dict)
+        tokenizer.save_pretrained(str(out))
+    dist.barrier()
+
+
+def main(cfg: DictConfig) -> dict[str, Any]:
+    return train(cfg, run_dir_for(cfg), prepare_model=prepare_model, export=export)
