@@ -1,0 +1,705 @@
+"""Experiment trackers (TensorBoard, MLflow, Weights & Biases) behind one small interface.
+
+``make_trackers(...)`` returns a :class:`MultiTracker` that fans every call out to the configured backends.
+Only rank 0 tracks; every other rank gets a no-op. Each backend runs on its own worker thread behind a
+bounded queue, so a slow disk or a slow server never stalls a training step. A backend that cannot be
+imported or reached is a WARNING at start (the reason and the fix) and is left out; one that fails
+mid-run is warned about once and disabled. Tracking never crashes a run.
+
+Heavy clients (mlflow, wandb, tensorboard) are imported inside the backend constructors only; this module
+imports neither them nor torch. Credentials come from the environment only (``WANDB_API_KEY``,
+``MLFLOW_TRACKING_TOKEN``, ...), and config keys that look like secrets are redacted before logging.
+
+Run directories on object storage (``s3://...``): TensorBoard event files, the default MLflow file store
+and W&B's offline files are written to a local staging dir and uploaded under the run directory at
+``close()``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import queue
+import re
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+from framework.tracking_config import MlflowConfig, TrackingConfig, WandbConfig, tracking_problems
+
+log = logging.getLogger(__name__)
+
+RUN_STATUSES = ("FINISHED", "FAILED", "KILLED")
+INSTALL_FIX = "pip install 'framework[tracking]'"
+_SECRET_KEY = re.compile(
+    r"(^|_)(token|api_?key|secret|secret_key|secret_access_key|password|passwd|credentials?|access_token"
+    r"|auth_token|hf_token)$",
+    re.IGNORECASE,
+)
+REDACTED = "<redacted>"
+
+
+class Tracker(Protocol):
+    """One experiment-tracking backend. Calls come from a single worker thread, in order."""
+
+    name: str
+
+    def log_params(self, flat: dict[str, Any]) -> None: ...
+
+    def log_metrics(self, metrics: dict[str, Any], step: int) -> None: ...
+
+    def log_artifact(self, path: str, name: str) -> None: ...
+
+    def close(self, status: str = "FINISHED") -> None: ...
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+
+
+def flatten_config(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested mappings to dotted keys (``{"optim": {"lr": 1}}`` -> ``{"optim.lr": 1}``); lists stay values.
+
+    Values of keys that look like secrets (``*_token``, ``password``, ``api_key``, ...) are redacted.
+    """
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            flat.update(flatten_config(value, dotted + "."))
+        elif _SECRET_KEY.search(str(key)) and value not in (None, ""):
+            flat[dotted] = REDACTED
+        else:
+            flat[dotted] = value
+    return flat
+
+
+def _to_plain(config: Any) -> dict[str, Any]:
+    """A resolved config as plain containers (accepts a DictConfig, a dataclass or a mapping)."""
+    if config is None:
+        return {}
+    if isinstance(config, Mapping) and not _is_omegaconf(config):
+        return dict(config)
+    from omegaconf import OmegaConf
+
+    plain = OmegaConf.to_container(
+        OmegaConf.create(config) if not _is_omegaconf(config) else config, resolve=True
+    )
+    return plain if isinstance(plain, dict) else {}
+
+
+def _is_omegaconf(obj: Any) -> bool:
+    return type(obj).__module__.startswith("omegaconf")
+
+
+def numeric_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
+    """The numeric entries of a metrics line as floats (drops ``step``, booleans, strings, None)."""
+    out: dict[str, float] = {}
+    for key, value in metrics.items():
+        if key == "step" or isinstance(value, bool) or not isinstance(value, int | float):
+            continue
+        out[key] = float(value)
+    return out
+
+
+def _stringify(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list | tuple | dict):
+        return json.dumps(value, default=str)
+    return str(value)
+
+
+def _md_cell(value: Any) -> str:
+    return _stringify(value).replace("|", "\\|").replace("\n", " ")
+
+
+def _is_remote(uri: str) -> bool:
+    return "://" in uri and not uri.startswith("file://")
+
+
+def _local_path(uri: str) -> str:
+    for scheme in ("file://", "file:"):
+        if uri.startswith(scheme):
+            uri = uri[len(scheme) :]
+            break
+    return os.path.abspath(uri)
+
+
+def _join(base: str, *parts: str) -> str:
+    return "/".join([base.rstrip("/"), *parts]) if _is_remote(base) else os.path.join(base, *parts)
+
+
+def _redact_uri(uri: str) -> str:
+    """Drop user:password@ from a URI before it reaches a log line."""
+    return re.sub(r"//[^/@]*@", "//***@", uri)
+
+
+class _Mirror:
+    """A local stand-in for a remote directory: written locally, uploaded at close.
+
+    The staging path is derived from the remote path, so a restarted pod reuses the same local paths
+    (MLflow's file store records absolute paths). ``download`` first copies any existing remote content.
+    """
+
+    def __init__(self, remote: str, download: bool = False) -> None:
+        self.remote = remote.rstrip("/")
+        digest = hashlib.sha1(self.remote.encode()).hexdigest()[:16]
+        self.local = os.path.join(tempfile.gettempdir(), "framework-tracking", digest)
+        os.makedirs(self.local, exist_ok=True)
+        if download:
+            self._download()
+
+    def _fs(self) -> tuple[Any, str]:
+        import fsspec
+
+        return fsspec.core.url_to_fs(self.remote)
+
+    def _download(self) -> None:
+        fs, root = self._fs()
+        if not fs.exists(root):
+            return
+        for path in fs.find(root):
+            rel = path[len(root) :].lstrip("/")
+            dest = os.path.join(self.local, rel)
+            os.makedirs(os.path.dirname(dest), exist_ok=True)
+            fs.get_file(path, dest)
+
+    def upload(self) -> None:
+        fs, root = self._fs()
+        for dirpath, _, files in os.walk(self.local):
+            for fname in files:
+                src = os.path.join(dirpath, fname)
+                rel = os.path.relpath(src, self.local).replace(os.sep, "/")
+                fs.put_file(src, f"{root}/{rel}")
+
+
+def _materialize(path: str) -> tuple[str, str | None]:
+    """A local copy of ``path`` (a file or dir, local or remote) and a temp dir to delete afterwards."""
+    if not _is_remote(path):
+        return _local_path(path), None
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(path)
+    tmp = tempfile.mkdtemp(prefix="framework-artifact-")
+    dest = os.path.join(tmp, os.path.basename(root.rstrip("/")) or "artifact")
+    if fs.isdir(root):
+        for remote_file in fs.find(root):
+            rel = remote_file[len(root.rstrip("/")) :].lstrip("/")
+            os.makedirs(os.path.dirname(os.path.join(dest, rel)), exist_ok=True)
+            fs.get_file(remote_file, os.path.join(dest, rel))
+    else:
+        fs.get_file(root, dest)
+    return dest, tmp
+
+
+# ----------------------------------------------------------------------------------------------- backends
+
+
+class TensorBoardTracker:
+    """Event files readable by TensorBoard; written with the tensorboard package (no torch, no TF)."""
+
+    name = "tensorboard"
+    fix = "check that tracking.tensorboard.log_dir is writable"
+
+    def __init__(self, log_dir: str) -> None:
+        from tensorboard.compat.proto import event_pb2, summary_pb2
+        from tensorboard.compat.proto.tensor_pb2 import TensorProto
+        from tensorboard.compat.proto.tensor_shape_pb2 import TensorShapeProto
+        from tensorboard.plugins.text.plugin_data_pb2 import TextPluginData
+        from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
+        self._event = event_pb2.Event
+        self._summary = summary_pb2.Summary
+        self._metadata = summary_pb2.SummaryMetadata
+        self._tensor = TensorProto
+        self._shape = TensorShapeProto
+        self._text_plugin = TextPluginData
+        self.log_dir = log_dir
+        self._writer = EventFileWriter(log_dir, max_queue_size=100, flush_secs=10)
+
+    def log_params(self, flat: dict[str, Any]) -> None:
+        rows = ["| key | value |", "|---|---|"]
+        rows += [f"| {k} | {_md_cell(v)} |" for k, v in sorted(flat.items())]
+        plugin = self._metadata.PluginData(
+            plugin_name="text", content=self._text_plugin(version=0).SerializeToString()
+        )
+        tensor = self._tensor(
+            dtype="DT_STRING",
+            string_val=["\n".join(rows).encode()],
+            tensor_shape=self._shape(dim=[self._shape.Dim(size=1)]),
+        )
+        value = self._summary.Value(
+            tag="config/text_summary", metadata=self._metadata(plugin_data=plugin), tensor=tensor
+        )
+        self._writer.add_event(
+            self._event(wall_time=time.time(), step=0, summary=self._summary(value=[value]))
+        )
+
+    def log_metrics(self, metrics: dict[str, Any], step: int) -> None:
+        values = [self._summary.Value(tag=k, simple_value=v) for k, v in numeric_metrics(metrics).items()]
+        if values:
+            summary = self._summary(value=values)
+            self._writer.add_event(self._event(wall_time=time.time(), step=step, summary=summary))
+
+    def log_artifact(self, path: str, name: str) -> None:
+        log.debug("tensorboard: artifacts are not supported; skipping %s", name)
+
+    def close(self, status: str = "FINISHED") -> None:
+        self._writer.close()
+
+
+_MLFLOW_BAD_CHARS = re.compile(r"[^\w./\- ]")
+
+
+class MlflowTracker:
+    """An MLflow run through ``MlflowClient`` (no global active run). Resumes the run of the same run dir."""
+
+    name = "mlflow"
+    fix = (
+        "start the server or fix tracking.mlflow.tracking_uri (credentials: MLFLOW_TRACKING_TOKEN or "
+        "MLFLOW_TRACKING_USERNAME/PASSWORD in the environment), or drop mlflow from the trackers"
+    )
+
+    def __init__(self, cfg: MlflowConfig, tracking_uri: str, run_name: str, run_dir: str) -> None:
+        if tracking_uri.startswith("file:"):
+            # MLflow >= 3.7 refuses the file store unless opted in; a local store per run dir is our default.
+            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+        from mlflow.entities import Metric, Param
+        from mlflow.tracking import MlflowClient
+        from mlflow.utils import validation
+
+        self._metric_cls = Metric
+        self._param_cls = Param
+        self._max_key = getattr(validation, "MAX_ENTITY_KEY_LENGTH", 250)
+        self._max_value = getattr(validation, "MAX_PARAM_VAL_LENGTH", 6000)
+        self._max_params = getattr(validation, "MAX_PARAMS_TAGS_PER_BATCH", 100)
+        self.cfg = cfg
+        self.tracking_uri = tracking_uri
+        self.client = MlflowClient(tracking_uri=tracking_uri)
+        experiment_id = self._experiment_id(cfg.experiment_name)
+        self._existing_params: dict[str, str] = {}
+        run = self._find_run(experiment_id, run_dir)
+        if run is not None:
+            self.run_id: str = run.info.run_id
+            self._existing_params = dict(run.data.params)
+            if run.info.status != "RUNNING":
+                self.client.update_run(self.run_id, status="RUNNING")
+            log.info("mlflow: resuming run %s in experiment %r", self.run_id, cfg.experiment_name)
+        else:
+            tags = {"framework.run_dir": run_dir}
+            self.run_id = self.client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
+            log.info(
+                "mlflow: run %s in experiment %r at %s",
+                self.run_id,
+                cfg.experiment_name,
+                _redact_uri(tracking_uri),
+            )
+
+    def _experiment_id(self, name: str) -> str:
+        experiment = self.client.get_experiment_by_name(name)
+        if experiment is not None:
+            return str(experiment.experiment_id)
+        try:
+            return str(self.client.create_experiment(name))
+        except Exception:  # another job of the sweep created it first
+            experiment = self.client.get_experiment_by_name(name)
+            if experiment is None:
+                raise
+            return str(experiment.experiment_id)
+
+    def _find_run(self, experiment_id: str, run_dir: str) -> Any:
+        if "'" in run_dir:
+            return None
+        runs = self.client.search_runs(
+            [experiment_id],
+            filter_string=f"tags.`framework.run_dir` = '{run_dir}'",
+            max_results=1,
+            order_by=["attributes.start_time DESC"],
+        )
+        return runs[0] if runs else None
+
+    def _key(self, key: str) -> str:
+        return _MLFLOW_BAD_CHARS.sub("_", key)[: self._max_key]
+
+    def log_params(self, flat: dict[str, Any]) -> None:
+        params = []
+        for key, value in flat.items():
+            k, v = self._key(key), _stringify(value)[: self._max_value]
+            if k in self._existing_params:  # a resumed run: params are immutable in MLflow
+                if self._existing_params[k] != v:
+                    log.info(
+                        "mlflow: param %s changed on resume (%r -> %r); keeping the first",
+                        k,
+                        self._existing_params[k],
+                        v,
+                    )
+                continue
+            params.append(self._param_cls(k, v))
+        for i in range(0, len(params), self._max_params):
+            self.client.log_batch(self.run_id, params=params[i : i + self._max_params])
+
+    def log_metrics(self, metrics: dict[str, Any], step: int) -> None:
+        now = int(time.time() * 1000)
+        batch = [self._metric_cls(self._key(k), v, now, step) for k, v in numeric_metrics(metrics).items()]
+        if batch:
+            self.client.log_batch(self.run_id, metrics=batch)
+
+    def log_artifact(self, path: str, name: str) -> None:
+        if not self.cfg.log_artifacts:
+            return
+        local, tmp = _materialize(path)
+        try:
+            if os.path.isdir(local):
+                self.client.log_artifacts(self.run_id, local, artifact_path=name)
+            else:
+                self.client.log_artifact(self.run_id, local, artifact_path=name)
+        finally:
+            if tmp:
+                shutil.rmtree(tmp, ignore_errors=True)
+
+    def close(self, status: str = "FINISHED") -> None:
+        self.client.set_terminated(self.run_id, status=status)
+
+
+def _wandb_name(text: str, limit: int = 128) -> str:
+    return re.sub(r"[^\w.\-]", "-", text)[:limit] or "run"
+
+
+class WandbTracker:
+    """A W&B run; offline unless WANDB_API_KEY is set (or tracking.wandb.mode / WANDB_MODE says otherwise).
+
+    The run id derives from the run dir, so a restarted pod resumes the same W&B run.
+    """
+
+    name = "wandb"
+    fix = (
+        "set WANDB_API_KEY in the environment (or tracking.wandb.mode=offline and `wandb sync` later), "
+        "check tracking.wandb.project/entity, or drop wandb from the trackers"
+    )
+
+    def __init__(self, cfg: WandbConfig, local_dir: str, run_name: str, run_dir: str) -> None:
+        self.cfg = cfg
+        self.run_name = run_name
+        self.mode = wandb_mode(cfg)
+        import wandb
+
+        self._wandb = wandb
+        os.makedirs(local_dir, exist_ok=True)
+        run_id = f"{_wandb_name(run_name, 55)}-{hashlib.sha1(run_dir.encode()).hexdigest()[:8]}"
+        self.run = wandb.init(
+            project=cfg.project,
+            entity=cfg.entity,
+            group=cfg.group,
+            name=run_name,
+            id=run_id,
+            resume="allow",
+            dir=local_dir,
+            mode=self.mode,  # type: ignore[arg-type]
+            reinit="create_new",
+            settings=wandb.Settings(init_timeout=cfg.init_timeout_s, console="off"),
+        )
+        if self.mode == "offline":
+            log.info("wandb: offline run in %s (upload later with `wandb sync`)", self.run.dir)
+
+    def log_params(self, flat: dict[str, Any]) -> None:
+        self.run.config.update(flat, allow_val_change=True)
+
+    def log_metrics(self, metrics: dict[str, Any], step: int) -> None:
+        values = numeric_metrics(metrics)
+        if values:
+            self.run.log(values, step=step)
+
+    def log_artifact(self, path: str, name: str) -> None:
+        if not self.cfg.log_artifacts:
+            return
+        local, tmp = _materialize(path)
+        try:
+            artifact = self._wandb.Artifact(name=_wandb_name(f"{self.run_name}-{name}"), type="model")
+            if os.path.isdir(local):
+                artifact.add_dir(local)
+            else:
+                artifact.add_file(local)
+            self.run.log_artifact(artifact)
+        finally:
+            if tmp:
+                shutil.rmtree(tmp, ignore_errors=True)
+
+    def close(self, status: str = "FINISHED") -> None:
+        self.run.finish(exit_code=0 if status == "FINISHED" else 1)
+
+
+def wandb_mode(cfg: WandbConfig) -> str:
+    """The W&B mode: the config's, else $WANDB_MODE, else online iff WANDB_API_KEY is set."""
+    if cfg.mode:
+        return cfg.mode
+    if os.environ.get("WANDB_MODE"):
+        return os.environ["WANDB_MODE"]
+    return "online" if os.environ.get("WANDB_API_KEY") else "offline"
+
+
+# ----------------------------------------------------------------------------------------------- fan-out
+
+
+_STOP = object()
+
+
+class _Worker:
+    """Runs one backend's calls on its own thread, in order; the first failure disables it (one warning)."""
+
+    def __init__(self, backend: Tracker, queue_size: int) -> None:
+        self.backend = backend
+        self.name = backend.name
+        self.disabled = False
+        self.dropped = 0
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=queue_size)
+        self._thread = threading.Thread(target=self._run, name=f"tracking-{self.name}", daemon=True)
+        self._thread.start()
+
+    def submit(self, method: str, *args: Any) -> None:
+        if self.disabled:
+            return
+        try:
+            self._queue.put_nowait((method, args))
+        except queue.Full:
+            self.dropped += 1
+            if self.dropped == 1:
+                log.warning(
+                    "tracking: %s is falling behind (%d calls pending); dropping calls while its queue is full. "
+                    "Fix: a faster or closer tracking server, or raise tracking.queue_size",
+                    self.name,
+                    self._queue.maxsize,
+                )
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is _STOP:
+                return
+            method, args = item
+            if self.disabled:
+                continue
+            try:
+                getattr(self.backend, method)(*args)
+            except Exception as exc:
+                self.disabled = True
+                log.warning(
+                    "tracking: %s failed in %s (%s: %s); disabled for the rest of this run. Fix: %s",
+                    self.name,
+                    method,
+                    type(exc).__name__,
+                    exc,
+                    getattr(self.backend, "fix", "see the error"),
+                )
+
+    def close(self, status: str, timeout: float) -> bool:
+        """Flush pending calls, close the backend; False when it did not finish within ``timeout``."""
+        deadline = time.monotonic() + timeout
+        try:
+            if not self.disabled:
+                self._queue.put(("close", (status,)), timeout=timeout)
+            self._queue.put(_STOP, timeout=max(0.0, deadline - time.monotonic()))
+        except queue.Full:
+            pass
+        self._thread.join(max(0.0, deadline - time.monotonic()))
+        if self.dropped:
+            log.warning("tracking: %s dropped %d calls because its queue was full", self.name, self.dropped)
+        if self._thread.is_alive():
+            log.warning(
+                "tracking: %s did not finish within %.0f s; pending logs are lost", self.name, timeout
+            )
+            return False
+        return True
+
+
+class MultiTracker:
+    """Fans calls out to the active backends; a no-op when there are none (non-rank-0, or none configured).
+
+    Every method returns at once (calls are queued per backend); ``close()`` flushes and waits.
+    """
+
+    def __init__(
+        self,
+        backends: list[Tracker] | None = None,
+        queue_size: int = 10000,
+        close_timeout_s: float = 120.0,
+        mirrors: list[_Mirror] | None = None,
+    ) -> None:
+        self._workers = [_Worker(b, queue_size) for b in backends or []]
+        self._mirrors = list(mirrors or [])
+        self.close_timeout_s = close_timeout_s
+        self._closed = False
+
+    @property
+    def backends(self) -> list[str]:
+        """Names of the backends still enabled."""
+        return [w.name for w in self._workers if not w.disabled]
+
+    def __bool__(self) -> bool:
+        return bool(self._workers)
+
+    def _fan_out(self, method: str, *args: Any) -> None:
+        if self._closed:
+            return
+        for worker in self._workers:
+            worker.submit(method, *args)
+
+    def log_params(self, flat: dict[str, Any]) -> None:
+        """Log run parameters (flattened, dotted keys)."""
+        self._fan_out("log_params", dict(flat))
+
+    def log_metrics(self, metrics: dict[str, Any], step: int) -> None:
+        """Log one metrics line (its numeric values; ``step`` may be included and is ignored)."""
+        if self._workers:
+            self._fan_out("log_metrics", dict(metrics), int(step))
+
+    def log_artifact(self, path: str, name: str) -> None:
+        """Upload a file or directory (local or fsspec URI) where supported (MLflow, W&B)."""
+        self._fan_out("log_artifact", path, name)
+
+    def close(self, status: str = "FINISHED") -> None:
+        """Flush and close every backend (FINISHED | FAILED | KILLED), then upload staged files. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        if status not in RUN_STATUSES:
+            status = "FAILED"
+        for worker in self._workers:
+            worker.close(status, self.close_timeout_s)
+        for mirror in self._mirrors:
+            try:
+                mirror.upload()
+            except Exception as exc:
+                log.warning(
+                    "tracking: could not upload %s to %s (%s: %s); the files stay in %s",
+                    mirror.local,
+                    mirror.remote,
+                    type(exc).__name__,
+                    exc,
+                    mirror.local,
+                )
+
+    def __enter__(self) -> MultiTracker:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is None:
+            self.close("FINISHED")
+        else:
+            self.close("KILLED" if issubclass(exc_type, KeyboardInterrupt) else "FAILED")
+
+
+def _as_tracking_config(cfg: Any) -> TrackingConfig:
+    if cfg is None:
+        return TrackingConfig()
+    if isinstance(cfg, TrackingConfig):
+        return cfg
+    from omegaconf import OmegaConf
+
+    merged = OmegaConf.merge(OmegaConf.structured(TrackingConfig), cfg)
+    obj = OmegaConf.to_object(merged)
+    assert isinstance(obj, TrackingConfig)
+    return obj
+
+
+def _local_dir(target: str, mirrors: list[_Mirror], download: bool = False) -> str:
+    """Where to write ``target`` locally: itself when local, else a staging dir uploaded at close."""
+    if not _is_remote(target):
+        return _local_path(target)
+    mirror = _Mirror(target, download=download)
+    mirrors.append(mirror)
+    return mirror.local
+
+
+def _build_backend(
+    name: str, cfg: TrackingConfig, run_dir: str, run_name: str, mirrors: list[_Mirror]
+) -> Tracker:
+    if name == "tensorboard":
+        target = cfg.tensorboard.log_dir or _join(run_dir, "tensorboard")
+        return TensorBoardTracker(_local_dir(target, mirrors))
+    if name == "mlflow":
+        uri = cfg.mlflow.tracking_uri or "file:" + _local_dir(
+            _join(run_dir, "mlruns"), mirrors, download=True
+        )
+        return MlflowTracker(cfg.mlflow, uri, run_name, run_dir)
+    if name == "wandb":
+        # wandb.init(dir=X) writes X/wandb/...; a remote X is staged whole (only wandb/ lands in the stage).
+        return WandbTracker(cfg.wandb, _local_dir(cfg.wandb.dir or run_dir, mirrors), run_name, run_dir)
+    raise ValueError(f"unknown tracker {name!r}")
+
+
+_FIXES = {"tensorboard": TensorBoardTracker.fix, "mlflow": MlflowTracker.fix, "wandb": WandbTracker.fix}
+
+
+def _start_backend(
+    name: str, cfg: TrackingConfig, run_dir: str, run_name: str, mirrors: list[_Mirror]
+) -> Tracker | None:
+    """The backend, or None after a WARNING naming the reason and the fix."""
+    try:
+        return _build_backend(name, cfg, run_dir, run_name, mirrors)
+    except ImportError as exc:
+        log.warning(
+            "tracking: %s is not installed (%s); continuing without it. Fix: %s", name, exc, INSTALL_FIX
+        )
+    except Exception as exc:
+        log.warning(
+            "tracking: %s cannot start (%s: %s); continuing without it. Fix: %s",
+            name,
+            type(exc).__name__,
+            exc,
+            _FIXES[name],
+        )
+    return None
+
+
+def make_trackers(
+    cfg_tracking: Any,
+    run_dir: str,
+    run_name: str,
+    resolved_config: Mapping[str, Any] | Any,
+    is_rank0: bool,
+) -> MultiTracker:
+    """Start the configured trackers and log the resolved config as params.
+
+    ``cfg_tracking``: a TrackingConfig, or the ``tracking`` node of a composed config. ``run_dir``: the run
+    directory (local path or URI). ``resolved_config``: the whole resolved config (a mapping or a DictConfig).
+    Non-rank-0 processes get a no-op. Raises ConfigError for an invalid tracking config (on every rank).
+    """
+    cfg = _as_tracking_config(cfg_tracking)
+    problems = tracking_problems(cfg)
+    if problems:
+        from framework.errors import ConfigError
+
+        raise ConfigError(problems)
+    names = cfg.active_backends()
+    if not is_rank0 or not names:
+        return MultiTracker()
+
+    mirrors: list[_Mirror] = []
+    backends = [
+        b for b in (_start_backend(n, cfg, run_dir, run_name, mirrors) for n in names) if b is not None
+    ]
+    tracker = MultiTracker(
+        backends, queue_size=cfg.queue_size, close_timeout_s=cfg.close_timeout_s, mirrors=mirrors
+    )
+    if backends:
+        log.info("tracking: %s", ", ".join(b.name for b in backends))
+        tracker.log_params(flatten_config(_to_plain(resolved_config)))
+    return tracker
+
+
+__all__ = [
+    "MlflowTracker",
+    "MultiTracker",
+    "TensorBoardTracker",
+    "Tracker",
+    "WandbTracker",
+    "flatten_config",
+    "make_trackers",
+    "numeric_metrics",
+    "wandb_mode",
+]
