@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Creates .venv and installs the project with its dev tools. Idempotent: re-runs only when pyproject.toml changed.
+# CPU machines get the CPU build of torch (installed first, so nothing pulls the CUDA build); GPU boxes get CUDA.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+stamp=.venv/.framework-installed
+want=$(sha256sum pyproject.toml | cut -c1-16)
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then exit 0; fi
+.venv/bin/pip install -q --upgrade pip >/dev/null 2>&1 || true
+if ! .venv/bin/python -c "import torch" 2>/dev/null; then
+  if command -v nvidia-smi >/dev/null 2>&1; then
+    .venv/bin/pip install -q "torch>=2.4"
+  else
+    .venv/bin/pip install -q "torch==2.13.0"   # the CPU wheel; an unpinned torch pulls GBs of CUDA packages
+  fi
+fi
+# strict editable mode: Hydra's plugin scan cannot see namespace plugins through the default editable finder.
+if ! .venv/bin/pip install -q -e '.[dev]' --config-settings editable_mode=strict >.venv/pip.log 2>&1; then
+  grep -v "is ignored" .venv/pip.log >&2; echo "setup: pip install failed (log: .venv/pip.log)" >&2; exit 1
+fi
+echo "$want" > "$stamp"
