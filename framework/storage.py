@@ -44,6 +44,8 @@ from typing import IO, TYPE_CHECKING, Any, TypeVar
 import fsspec
 from fsspec.core import split_protocol
 
+from framework.errors import FrameworkError
+
 if TYPE_CHECKING:
     from fsspec import AbstractFileSystem
 
@@ -97,13 +99,12 @@ _S3_PROTOCOLS = ("s3", "s3a")
 # ----------------------------------------------------------------------------------------------- errors
 
 
-class StorageError(RuntimeError):
+class StorageError(FrameworkError, RuntimeError):
     """A remote read or write failed for good. The message names the URI and what to check.
 
-    Reported without a traceback (exit code 1); the original exception is chained as ``__cause__``.
+    A :class:`~framework.errors.FrameworkError` (reported without a traceback, exit code 1) and a
+    ``RuntimeError``; the original exception is chained as ``__cause__``.
     """
-
-    exit_code = 1
 
     def __init__(self, message: str, *, uri: str | None = None) -> None:
         super().__init__(message)
@@ -763,9 +764,17 @@ def listdir(uri: PathLike) -> list[str]:
     if not is_remote(s):
         return sorted(os.listdir(_local(s)))
     fs, path = filesystem(s)
-    entries = _run(s, "list", lambda: fs.ls(path, detail=False))
+    entries = _run(s, "list", lambda: fs.ls(path, detail=True))
     own = path.rstrip("/")
-    names = {str(e).rstrip("/").rsplit("/", 1)[-1] for e in entries if str(e).rstrip("/") != own}
+    names: set[str] = set()
+    for e in entries:
+        raw = str(e["name"])
+        name = raw.rstrip("/")
+        if name == own:  # the directory's own marker object, or `ls` of a file listing the file itself
+            if len(entries) == 1 and e.get("type") == "file" and not raw.endswith("/"):
+                raise NotADirectoryError(errno.ENOTDIR, "Not a directory", s)
+            continue
+        names.add(name.rsplit("/", 1)[-1])
     return sorted(n for n in names if n)
 
 
@@ -923,18 +932,21 @@ def remove(uri: PathLike, recursive: bool = False, *, missing_ok: bool = False) 
                 raise
         return
     fs, path = filesystem(s)
-    tried = [0]
+    found = _remote_info_or_none(s)  # S3 deletes never fail on a missing key: look first
+    if found is None:
+        if missing_ok:
+            return
+        raise StorageNotFoundError(f"No such file or directory: {s}", uri=s)
+    if found.get("type") == "directory" and not recursive:
+        raise IsADirectoryError(errno.EISDIR, "Is a directory (pass recursive=True)", s)
 
     def rm() -> None:
-        tried[0] += 1
         try:
             fs.rm(path, recursive=recursive)
         except FileNotFoundError as e:
             if _classify(e).kind == "no_bucket":
                 raise
-            # After a failed try, part (or all) of it may be gone already: that is success.
-            if not (missing_ok or tried[0] > 1):
-                raise
+            # A retry after a failed try may find part (or all) of it gone already: that is success.
 
     try:
         _run(s, "delete", rm)

@@ -208,6 +208,25 @@ def test_s3_round_trip(s3_bucket: str) -> None:
     storage.remove(uri, missing_ok=True)
 
 
+def test_s3_directory_semantics(s3_bucket: str, s3_client: Any) -> None:
+    """Like local paths: deleting what is missing, or a directory without recursive=True, is an error; the
+    directory marker objects some tools write ("d/") are not entries."""
+    bucket = s3_bucket[len("s3://") :]
+    s3_client.put_object(Bucket=bucket, Key="d/", Body=b"")
+    s3_client.put_object(Bucket=bucket, Key="d/f.txt", Body=b"x")
+    assert storage.listdir(storage.join(s3_bucket, "d")) == ["f.txt"]
+    assert storage.manifest(storage.join(s3_bucket, "d")) == {"f.txt": 1}
+    with pytest.raises(NotADirectoryError):
+        storage.listdir(storage.join(s3_bucket, "d", "f.txt"))
+    with pytest.raises(FileNotFoundError, match="missing.txt"):
+        storage.remove(storage.join(s3_bucket, "missing.txt"))
+    storage.remove(storage.join(s3_bucket, "missing.txt"), missing_ok=True)
+    with pytest.raises(IsADirectoryError):
+        storage.remove(storage.join(s3_bucket, "d"))
+    storage.remove(storage.join(s3_bucket, "d"), recursive=True)
+    assert storage.listdir(s3_bucket) == []
+
+
 def test_s3_sees_objects_written_elsewhere(s3_bucket: str, s3_client: Any) -> None:
     """Listings are never served from a stale cache: another writer's object shows up at once."""
     prefix = storage.join(s3_bucket, "ck")
