@@ -36,9 +36,9 @@ log = logging.getLogger(__name__)
 
 RUN_STATUSES = ("FINISHED", "FAILED", "KILLED")
 INSTALL_FIX = "pip install 'framework[tracking]'"
+# Config keys whose values are never logged (tokenizer entries such as pad_token are not secrets).
 _SECRET_KEY = re.compile(
-    r"(^|_)(token|api_?key|secret|secret_key|secret_access_key|password|passwd|credentials?|access_token"
-    r"|auth_token|hf_token)$",
+    r"^token$|api_?key|secret|passw(or)?d|credential|private_key|(access|auth|api|hf|bearer|refresh)_token",
     re.IGNORECASE,
 )
 REDACTED = "<redacted>"
@@ -136,7 +136,7 @@ def _join(base: str, *parts: str) -> str:
 
 def _redact_uri(uri: str) -> str:
     """Drop user:password@ from a URI before it reaches a log line."""
-    return re.sub(r"//[^/@]*@", "//***@", uri)
+    return re.sub(r"//[^/@\s]*@", "//***@", uri)
 
 
 class _Mirror:
@@ -492,7 +492,7 @@ class _Worker:
                     self.name,
                     method,
                     type(exc).__name__,
-                    exc,
+                    _redact_uri(str(exc)),
                     getattr(self.backend, "fix", "see the error"),
                 )
 
@@ -579,7 +579,7 @@ class MultiTracker:
                     mirror.local,
                     mirror.remote,
                     type(exc).__name__,
-                    exc,
+                    _redact_uri(str(exc)),
                     mirror.local,
                 )
 
@@ -650,7 +650,7 @@ def _start_backend(
             "tracking: %s cannot start (%s: %s); continuing without it. Fix: %s",
             name,
             type(exc).__name__,
-            exc,
+            _redact_uri(str(exc)),
             _FIXES[name],
         )
     return None
