@@ -56,6 +56,7 @@ class TrainConfig:
     seed: int = 42  # seeds init, data order, dropout
     log_interval: int = 1  # optimizer steps between metrics lines
     progress: bool = True  # rank-0 progress bar
+    compile: bool = False  # torch.compile each decoder layer in place (pays on GPU; slow to start on CPU)
 
 
 @dataclass
@@ -86,6 +87,7 @@ class ModelConfig:
     attn_implementation: str = "sdpa"  # eager | sdpa | flash_attention_2 | flex_attention
     gradient_checkpointing: bool = False  # recompute activations in backward to save memory
     train_embeddings: bool = False  # LoRA runs also train embeddings + LM head (for random-init bases)
+    fused_linear_ce: bool = False  # chunked LM head + cross-entropy, never materializing the full logits
 
 
 @dataclass
@@ -121,6 +123,8 @@ class HardwareConfig:
     zero_stage: int = 0  # DeepSpeed ZeRO stage: 0 | 1 | 2 | 3
     offload_optimizer: bool = False  # ZeRO-Offload of optimizer state to CPU
     offload_param: bool = False  # ZeRO-3 parameter offload to CPU
+    bucket_size: int = 500_000_000  # DeepSpeed reduce/allgather bucket size (elements)
+    gpu_memory_gb: float | None = None  # memory per GPU; set: the launch is checked against an estimate
     node_selector: dict[str, str] = field(default_factory=dict)  # pod nodeSelector
     tolerations: list[dict[str, Any]] = field(default_factory=list)  # pod tolerations
 
