@@ -82,6 +82,10 @@ def build_model(cfg: DictConfig, vocab_len: int) -> Any:
     model.config.use_cache = False
     if m.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if m.get("fused_linear_ce", False):
+        from framework.kernels import enable_fused_linear_ce
+
+        enable_fused_linear_ce(model)  # the loss from hidden states in chunks; no [tokens, vocab] logits
     return model
 
 
