@@ -1,0 +1,325 @@
+"""Loss curves and a final-metrics table for one run or a whole sweep.
+
+    python -m framework.report <run dir | sweep dir | s3://bucket/...> [--out report.png]
+
+A run dir holds ``metrics.jsonl``. A sweep dir is a Hydra multirun dir whose numbered job dirs each hold a
+run dir (``<job>/metrics.jsonl``, or one level deeper). Each job is labelled by its overrides
+(``<job>/.hydra/overrides.yaml``, minus those every job shares), else by the keys where its ``config.yaml``
+differs from the other jobs'. Files are read through fsspec, so any URI fsspec knows works (s3:// with the
+standard AWS variables). Writes a PNG (train loss and eval loss vs step, one line per job) and prints the
+jobs best first (lowest final eval loss).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import sys
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import fsspec
+import yaml
+
+from framework.errors import EXIT_OK, EXIT_RUNTIME, EXIT_USAGE
+
+METRICS = "metrics.jsonl"
+# Keys that differ between jobs without being a choice of the sweep.
+_RUN_SPECIFIC = re.compile(r"^(hydra\.|storage\.output_uri$)")
+
+
+class ReportError(Exception):
+    """A problem with the path given; the message is one line naming the path and the fix."""
+
+
+@dataclass
+class JobMetrics:
+    name: str  # job dir name (e.g. "0"), or the run dir's name
+    run_dir: str  # URI of the dir holding metrics.jsonl
+    label: str = ""  # what tells this job apart: "k=v k=v"
+    train: list[tuple[int, float]] = field(default_factory=list)  # (step, loss), by step
+    eval: list[tuple[int, float]] = field(default_factory=list)  # (step, eval_loss), by step
+    final_perplexity: float | None = None
+    mean_tokens_per_s: float | None = None
+    bad_lines: int = 0  # lines that were not JSON objects with a step (e.g. a torn last line)
+
+    @property
+    def final_eval_loss(self) -> float | None:
+        return self.eval[-1][1] if self.eval else None
+
+    @property
+    def final_loss(self) -> float | None:
+        return self.train[-1][1] if self.train else None
+
+    @property
+    def last_step(self) -> int | None:
+        steps = [s for s, _ in self.train[-1:] + self.eval[-1:]]
+        return max(steps) if steps else None
+
+
+# ------------------------------------------------------------------------------------------------ reading
+
+
+def _num(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value)
+
+
+def parse_metrics(lines: Iterable[str], job: JobMetrics) -> JobMetrics:
+    """Fill ``job`` from metrics.jsonl lines. A step logged twice (a resumed run) keeps its last value."""
+    train: dict[int, float] = {}
+    evals: dict[int, tuple[float, float | None]] = {}
+    tokens: list[float] = []
+    for raw in lines:
+        if not raw.strip():
+            continue
+        try:
+            line = json.loads(raw)
+            step = int(line["step"])
+        except (ValueError, KeyError, TypeError):
+            job.bad_lines += 1
+            continue
+        eval_loss = _num(line.get("eval_loss"))
+        loss = _num(line.get("loss"))
+        if eval_loss is not None:
+            evals[step] = (eval_loss, _num(line.get("perplexity")))
+        elif loss is not None:
+            train[step] = loss
+            tps = _num(line.get("tokens_per_s"))
+            if tps is not None:
+                tokens.append(tps)
+    job.train = sorted(train.items())
+    job.eval = [(s, v[0]) for s, v in sorted(evals.items())]
+    if evals:
+        last_loss, last_ppl = evals[max(evals)]
+        job.final_perplexity = last_ppl if last_ppl is not None else _safe_exp(last_loss)
+    job.mean_tokens_per_s = sum(tokens) / len(tokens) if tokens else None
+    return job
+
+
+def _safe_exp(x: float) -> float:
+    try:
+        return math.exp(x)
+    except OverflowError:
+        return math.inf
+
+
+def _natural_key(name: str) -> tuple[int, int | str]:
+    return (0, int(name)) if name.isdigit() else (1, name)
+
+
+def _read_yaml(fs: Any, path: str) -> Any:
+    try:
+        with fs.open(path, "r") as f:
+            return yaml.safe_load(f)
+    except FileNotFoundError:
+        return None
+
+
+def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(obj, dict):
+        return {prefix.rstrip("."): obj} if prefix else {}
+    out: dict[str, Any] = {}
+    for k, v in obj.items():
+        if isinstance(v, dict) and v:
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _fmt_value(value: Any) -> str:
+    return json.dumps(value) if isinstance(value, list | dict) else str(value)
+
+
+def _label_jobs(fs: Any, jobs: list[JobMetrics], job_dirs: list[str]) -> None:
+    """Label by Hydra overrides (minus the shared ones), else by config.yaml differences."""
+    overrides = []
+    for job, job_dir in zip(jobs, job_dirs, strict=True):
+        found = None
+        for base in dict.fromkeys([job_dir, job.run_dir]):
+            found = _read_yaml(fs, f"{base}/.hydra/overrides.yaml")
+            if isinstance(found, list):
+                break
+        overrides.append([str(o) for o in found] if isinstance(found, list) else None)
+    if all(o is not None for o in overrides):
+        lists = [o for o in overrides if o is not None]
+        shared = set.intersection(*(set(o) for o in lists)) if len(lists) > 1 else set()
+        for job, ovr in zip(jobs, lists, strict=True):
+            own = [o for o in ovr if o not in shared]
+            job.label = " ".join(own or ovr) or "(no overrides)"
+        return
+    configs = [_flatten(_read_yaml(fs, f"{job.run_dir}/config.yaml") or {}) for job in jobs]
+    keys = sorted({k for c in configs for k in c})
+    differing = [
+        k
+        for k in keys
+        if not _RUN_SPECIFIC.match(k) and len({_fmt_value(c.get(k, "<unset>")) for c in configs}) > 1
+    ]
+    for job, cfg, ovr in zip(jobs, configs, overrides, strict=True):
+        if ovr is not None:
+            job.label = " ".join(ovr) or "(no overrides)"
+        elif differing:
+            job.label = " ".join(f"{k}={_fmt_value(cfg.get(k, '<unset>'))}" for k in differing)
+        else:
+            job.label = job.name
+
+
+def load_jobs(uri: str) -> list[JobMetrics]:
+    """The run at ``uri``, or every job of the sweep at ``uri`` (in job order), parsed and labelled."""
+    fs, root = fsspec.core.url_to_fs(uri)
+    root = root.rstrip("/") or "/"
+    if fs.isfile(f"{root}/{METRICS}"):
+        found = [(root, f"{root}/{METRICS}")]
+    else:
+        found = []
+        paths = sorted(set(fs.glob(f"{root}/*/{METRICS}")) | set(fs.glob(f"{root}/*/*/{METRICS}")))
+        seen_jobs: set[str] = set()
+        for path in paths:
+            job_dir = f"{root}/{path[len(root) :].lstrip('/').split('/')[0]}"
+            if job_dir in seen_jobs:  # <job>/metrics.jsonl wins over <job>/<run>/metrics.jsonl
+                continue
+            seen_jobs.add(job_dir)
+            found.append((job_dir, path))
+        found.sort(key=lambda item: _natural_key(item[0].rsplit("/", 1)[-1]))
+    if not found:
+        what = "does not exist" if not fs.exists(root) else f"has no {METRICS}, nor do its job dirs"
+        raise ReportError(
+            f"{uri} {what}; pass a run directory (holding {METRICS}) or a Hydra multirun directory "
+            f"(numbered job dirs, each holding a run directory)"
+        )
+    jobs = []
+    for job_dir, path in found:
+        run_dir = path[: -len(METRICS) - 1]
+        name = job_dir.rsplit("/", 1)[-1] or job_dir
+        with fs.open(path, "r") as f:
+            jobs.append(parse_metrics(f, JobMetrics(name=name, run_dir=_unstrip(fs, uri, run_dir))))
+    _label_jobs(fs, jobs, [j for j, _ in found])
+    return jobs
+
+
+def _unstrip(fs: Any, uri: str, path: str) -> str:
+    """Put the URI scheme back on a path fsspec returned (s3://bucket/x rather than bucket/x)."""
+    return str(fs.unstrip_protocol(path)) if "://" in uri and not uri.startswith("file://") else path
+
+
+# ------------------------------------------------------------------------------------------------ output
+
+
+def _fmt(x: float | None, spec: str) -> str:
+    return "-" if x is None or math.isnan(x) else format(x, spec)
+
+
+def ranked(jobs: Sequence[JobMetrics]) -> list[JobMetrics]:
+    """Best (lowest final eval loss) first; jobs without an eval last, in job order."""
+    return sorted(jobs, key=lambda j: (j.final_eval_loss is None, j.final_eval_loss or 0.0))
+
+
+def format_table(jobs: Sequence[JobMetrics]) -> str:
+    """A plain-text table of final metrics, best first, the best job marked with '*'."""
+    order = ranked(jobs)
+    best = order[0] if order and order[0].final_eval_loss is not None else None
+    header = ("", "job", "overrides", "eval_loss", "perplexity", "train_loss", "tokens/s", "steps")
+    rows = [
+        (
+            "*" if j is best else "",
+            j.name,
+            j.label,
+            _fmt(j.final_eval_loss, ".4f"),
+            _fmt(j.final_perplexity, ".3f"),
+            _fmt(j.final_loss, ".4f"),
+            _fmt(j.mean_tokens_per_s, ".0f"),
+            "-" if j.last_step is None else str(j.last_step),
+        )
+        for j in order
+    ]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    out = ["Final metrics (best eval_loss first):"]
+    for cells in [header, *rows]:
+        out.append("  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip())
+    return "\n".join(out)
+
+
+def plot(jobs: Sequence[JobMetrics], out: str, title: str) -> None:
+    """Two panels, train loss and eval loss vs step, one labelled line per job; written to ``out`` (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_train, ax_eval) = plt.subplots(1, 2, figsize=(13, 5.2), constrained_layout=True)
+    cmap = plt.get_cmap("tab10" if len(jobs) <= 10 else "tab20")
+    for i, job in enumerate(jobs):
+        color = cmap(i % cmap.N)
+        label = _shorten(job.label if len(jobs) == 1 else f"{job.name}: {job.label}", 64)
+        if job.train:
+            steps, values = zip(*job.train, strict=True)
+            ax_train.plot(steps, values, color=color, linewidth=1.4, label=label)
+        if job.eval:
+            steps, values = zip(*job.eval, strict=True)
+            ax_eval.plot(steps, values, color=color, linewidth=1.4, marker="o", markersize=4, label=label)
+    for ax, name, has in (
+        (ax_train, "train loss", any(j.train for j in jobs)),
+        (ax_eval, "eval loss", any(j.eval for j in jobs)),
+    ):
+        ax.set_title(name)
+        ax.set_xlabel("step")
+        ax.set_ylabel(name)
+        ax.grid(True, alpha=0.3)
+        if has:
+            ax.legend(fontsize=8 if len(jobs) <= 8 else 6, loc="upper right")
+        else:
+            ax.text(0.5, 0.5, f"no {name} lines", ha="center", va="center", transform=ax.transAxes)
+    fig.suptitle(_shorten(title, 120), fontsize=10)
+    with fsspec.open(out, "wb") as f:
+        fig.savefig(f, format="png", dpi=120)
+    plt.close(fig)
+
+
+def _shorten(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def default_out(uri: str) -> str:
+    """report.png inside a local run/sweep dir; in the working dir for remote ones (never writes to a bucket)."""
+    if "://" in uri and not uri.startswith("file://"):
+        return "report.png"
+    fs, root = fsspec.core.url_to_fs(uri)
+    return f"{root.rstrip('/')}/report.png"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m framework.report",
+        description="Plot train/eval loss of a run or a sweep and print each job's final metrics, best first.",
+    )
+    parser.add_argument("path", help="run dir (holds metrics.jsonl), Hydra multirun dir, or a URI (s3://...)")
+    parser.add_argument("--out", help="PNG to write (local path or URI); default: <path>/report.png")
+    args = parser.parse_args(argv)
+    try:
+        jobs = load_jobs(args.path)
+        out = args.out or default_out(args.path)
+        plot(jobs, out, args.path)
+    except ReportError as exc:
+        print(f"report: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except Exception as exc:  # storage/credential problems: one line, runtime failure
+        print(f"report: error: cannot read {args.path}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_RUNTIME
+    for job in jobs:
+        if job.bad_lines:
+            print(
+                f"report: warning: skipped {job.bad_lines} malformed line(s) in {job.run_dir}/{METRICS}",
+                file=sys.stderr,
+            )
+    print(format_table(jobs))
+    print(f"Plot: {out}")
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())
