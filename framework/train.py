@@ -48,8 +48,8 @@ def deepspeed_config(cfg: DictConfig) -> dict[str, Any]:
         "contiguous_gradients": True,
         # Overlapping reduction with backward pays on GPUs; on gloo it only adds threads.
         "overlap_comm": hw.accelerator == "cuda",
-        "reduce_bucket_size": 5e8,
-        "allgather_bucket_size": 5e8,
+        "reduce_bucket_size": int(hw.get("bucket_size", 500_000_000)),
+        "allgather_bucket_size": int(hw.get("bucket_size", 500_000_000)),
     }
     if hw.zero_stage == 3:
         zero["stage3_gather_16bit_weights_on_model_save"] = True
@@ -251,6 +251,16 @@ def evaluate(engine: Any, rows: list[data.Sequence], micro: int, max_batches: in
     return loss, math.exp(min(loss, 50.0))
 
 
+def micro_step(engine: Any, rows: list[data.Sequence]) -> Any:
+    """One micro batch on the engine: forward, backward, ``engine.step()`` (DeepSpeed applies the optimizer at
+    the accumulation boundary). Returns the detached loss tensor, so the caller syncs with the device once."""
+    batch = {k: v.to(engine.device, non_blocking=True) for k, v in data.collate(rows).items()}
+    out = engine(**batch)
+    engine.backward(out.loss)
+    engine.step()
+    return out.loss.detach()
+
+
 def resolve_resume(cfg: DictConfig, run: RunDir) -> tuple[Path, str] | None:
     """Which checkpoint to resume from: auto (latest if any) | none | <step> | <path to a checkpoint dir>."""
     mode = str(cfg.resume)
@@ -306,6 +316,13 @@ def train(
     tokenizer = load_tokenizer(cfg)
     d = prepare_data(cfg, tokenizer)
     model = prepare_model(cfg, tokenizer)
+    if cfg.train.get("compile", False):
+        from framework.kernels import compile_model
+
+        log.info(
+            "train.compile: compiled %d decoder layers (first steps include compile time)",
+            compile_model(model),
+        )
     total, trainable = count_params(model)
     if rank0:
         log.info(
@@ -397,18 +414,15 @@ def train(
     try:
         while step < d.steps:
             t0 = time.perf_counter()
-            loss_sum, tokens = 0.0, 0
+            losses, tokens = [], 0
             for _ in range(accum):
                 rows = d.train.batch(consumed)
                 consumed += 1
-                batch = {k: v.to(engine.device) for k, v in data.collate(rows).items()}
-                out = engine(**batch)
-                engine.backward(out.loss)
-                engine.step()
-                loss_sum += float(out.loss.detach())
+                losses.append(micro_step(engine, rows))
                 tokens += data.n_real_tokens(rows)
             step += 1
             # One collective per step: loss and token counts from every rank, plus any rank's stop request.
+            loss_sum = float(torch.stack(losses).sum())  # the only host sync of the step
             loss_sum, tokens_all, n = dist.all_reduce_sum([loss_sum, float(tokens), float(accum)])
             stop_any = dist.all_reduce_max([float(stop.signum)])[0]
             dt = time.perf_counter() - t0
