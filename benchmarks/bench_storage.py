@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import os
 import shutil
 import socket
@@ -88,7 +89,9 @@ def make_files(root: Path, files: int, file_mb: float) -> dict[str, int]:
     return out
 
 
-def timed(fn: Callable[[], object]) -> float:
+def timed(fn: Callable[[], object], before: Callable[[], object] | None = None) -> float:
+    if before is not None:  # untimed set-up
+        before()
     t0 = time.perf_counter()
     fn()
     return time.perf_counter() - t0
@@ -98,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--files", type=int, default=4, help="files in the checkpoint directory (default 4)")
     p.add_argument("--file-mb", type=float, default=50.0, help="size of each file in MB (default 50)")
-    p.add_argument("--repeats", type=int, default=3, help="save+load rounds per method (default 3)")
+    p.add_argument("--repeats", type=int, default=5, help="save+load rounds per method (default 5)")
     p.add_argument("--workers", type=int, default=8, help="upload_dir/download_dir max_workers (default 8)")
     p.add_argument("--endpoint", default=None, help="S3 endpoint URL; default: start a local moto server")
     p.add_argument("--bucket", default=None, help="existing bucket to use; default: create a scratch bucket")
@@ -144,7 +147,6 @@ def run(args: argparse.Namespace, endpoint: str) -> int:
 
         def load_baseline() -> None:
             dest = scratch / "load_baseline"
-            shutil.rmtree(dest, ignore_errors=True)
             targets = [str(dest / rel) for rel in rels]
             for t in targets:
                 Path(t).parent.mkdir(parents=True, exist_ok=True)
@@ -155,7 +157,6 @@ def run(args: argparse.Namespace, endpoint: str) -> int:
 
         def load_ours() -> None:
             dest = scratch / "load_ours"
-            shutil.rmtree(dest, ignore_errors=True)
             assert storage.download_dir(ours_uri, dest, max_workers=args.workers) == expected
 
         times: dict[str, list[float]] = {
@@ -171,7 +172,8 @@ def run(args: argparse.Namespace, endpoint: str) -> int:
             for name, save, _ in pairs:
                 times[f"save_{name}"].append(timed(save))
             for name, _, load in pairs:
-                times[f"load_{name}"].append(timed(load))
+                clear = functools.partial(shutil.rmtree, scratch / f"load_{name}", ignore_errors=True)
+                times[f"load_{name}"].append(timed(load, before=clear))
         for rel in rels:  # both loads produced every byte
             assert (scratch / "load_ours" / rel).stat().st_size == expected[rel]
             assert (scratch / "load_baseline" / rel).stat().st_size == expected[rel]
@@ -180,19 +182,23 @@ def run(args: argparse.Namespace, endpoint: str) -> int:
         mb = total / 1e6
         print(
             f"storage benchmark: {args.files} files x {args.file_mb:g} MB = {mb:.0f} MB, endpoint {endpoint}, "
-            f"{args.repeats} rounds (median; best in brackets), upload/download workers={args.workers}"
+            f"{args.repeats} rounds, upload/download workers={args.workers}"
         )
-        print(f"{'':6} {'plain s3fs put/get':>24} {'storage.*_dir':>24} {'ratio':>7}")
+        print(
+            "throughput: median [best] over rounds; ratio: median over rounds of (baseline time / our time)"
+        )
+        print(f"{'':6} {'plain s3fs put/get':>24} {'storage.*_dir':>24} {'ratio':>7}   per-round ratios")
         worst = float("inf")
         for op in ("save", "load"):
             b = times[f"{op}_baseline"]
             o = times[f"{op}_ours"]
-            b_med, o_med = mb / statistics.median(b), mb / statistics.median(o)
-            ratio = o_med / b_med
+            ratios = [tb / to for tb, to in zip(b, o, strict=True)]  # paired: same round, adjacent in time
+            ratio = statistics.median(ratios)
             worst = min(worst, ratio)
             print(
-                f"{op:6} {b_med:>12.1f} MB/s [{mb / min(b):>6.1f}] {o_med:>12.1f} MB/s [{mb / min(o):>6.1f}] "
-                f"{ratio:>6.2f}x"
+                f"{op:6} {mb / statistics.median(b):>12.1f} MB/s [{mb / min(b):>6.1f}] "
+                f"{mb / statistics.median(o):>12.1f} MB/s [{mb / min(o):>6.1f}] {ratio:>6.2f}x   "
+                + " ".join(f"{r:.2f}" for r in ratios)
             )
         if worst < args.min_ratio:
             print(f"FAIL: ratio {worst:.2f}x < {args.min_ratio:.2f}x")

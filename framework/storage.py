@@ -601,6 +601,8 @@ def _run(uri: str, op: str, fn: Callable[[], T], *, policy: RetryPolicy | None =
     for attempt in range(1, pol.attempts + 1):
         try:
             return fn()
+        except FrameworkError:  # e.g. Preempted raised by a signal handler mid-call: never retried
+            raise
         except Exception as e:
             failure = _classify(e)
             if failure.kind in ("unreachable", "transient") and attempt < pol.attempts:
