@@ -36,20 +36,14 @@ class LauncherConfig:
     labels: dict[str, str] = field(default_factory=dict)  # extra labels on every object
     annotations: dict[str, str] = field(default_factory=dict)  # extra pod annotations
     setup_namespace: bool = False  # also render ServiceAccount, Role, RoleBinding, NetworkPolicy
-    extra: dict[str, Any] = field(
-        default_factory=dict
-    )  # passthrough: {pod_spec: {...}, job_spec: {...}} merged in
+    extra: dict[str, Any] = field(default_factory=dict)  # {pod_spec: {...}, job_spec: {...}} merged in
     # --- pod profile ---
     run_as_user: int = 1000  # pod UID and GID; the image's user (dockerfiles/Dockerfile)
     fs_group: int = 1000  # group that owns mounted volumes
-    mount_service_account_token: bool = (
-        False  # mount the token of `service_account` (only if the pod calls the API)
-    )
+    mount_service_account_token: bool = False  # mount service_account's token (only if pods call the API)
     tmp_size: str = "10Gi"  # sizeLimit of the /tmp emptyDir (Kubernetes quantity)
     cache_size: str = "50Gi"  # sizeLimit of the /cache emptyDir: HF_HOME, Triton, torch extensions
-    egress_cidrs: list[str] = field(
-        default_factory=list
-    )  # NetworkPolicy egress beyond peers + DNS, e.g. 0.0.0.0/0
+    egress_cidrs: list[str] = field(default_factory=list)  # NetworkPolicy egress beyond peers+DNS: 0.0.0.0/0
     # --- API client ---
     poll_interval_s: float = 5.0  # seconds between status checks while following a job
     api_retries: int = 5  # attempts for a transient API error (429, 5xx, connection, timeout)

@@ -1,0 +1,391 @@
+"""What ``KubernetesLauncher.launch()`` does: compose and render every job, then dry-run, or submit and follow.
+
+Every job of a sweep is rendered (and validated) before anything is submitted, so a bad override fails the whole
+sweep up front. Submitted jobs run at most ``launcher.max_parallel`` at once; each one's rank-0 log is streamed
+(prefixed with the job name when several run). Ctrl-C stops following and, per launcher.cancel_on_interrupt,
+deletes the submitted jobs (asking first on a terminal).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import copy
+import logging
+import secrets
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.utils import JobReturn, JobRuntime, JobStatus, configure_log, setup_globals
+from hydra_plugins.kubernetes_launcher import _render
+from omegaconf import DictConfig, open_dict, read_write
+
+from framework.errors import ConfigError
+from framework.sweep import JobSummary, format_summary
+
+if TYPE_CHECKING:
+    from hydra_plugins.kubernetes_launcher._client import JobClient, JobInfo
+    from hydra_plugins.kubernetes_launcher.kubernetes_launcher import KubernetesLauncher
+
+log = logging.getLogger(__name__)
+_print_lock = threading.Lock()
+
+
+@dataclass
+class Job:
+    index: int
+    overrides: list[str]
+    hydra_cfg: DictConfig  # the job's full config (with the hydra node)
+    cfg: DictConfig  # the task config, without the hydra node
+    name: str
+    objs: list[dict[str, Any]]
+    out_dir: Path
+    status: str = "RENDERED"  # DRY_RUN | SUBMITTED | COMPLETED | FAILED | INTERRUPTED | CANCELLED
+    message: str = ""
+    error: BaseException | None = None
+    wall_s: float | None = None
+    submitted: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def launcher(self) -> DictConfig:
+        return self.cfg.launcher
+
+    @property
+    def ref(self) -> str:
+        return f"{self.launcher.namespace}/{self.name}"
+
+
+def new_sweep_id() -> str:
+    """Six lowercase characters starting with a letter: short, and unique enough per namespace."""
+    return "s" + secrets.token_hex(3)[:5]
+
+
+def git_commit(cwd: str | None = None) -> str | None:
+    """HEAD of the checkout the job is launched from (a label on every object), or None outside git."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=5, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    sha = out.stdout.strip()
+    return sha if out.returncode == 0 and len(sha) == 40 else None
+
+
+def _validate(cfg: DictConfig) -> None:
+    """The framework's config checks, minus local-path existence: paths are read inside the pods, not here."""
+    from framework.validate import validate, with_schema
+
+    problems = validate(with_schema(cfg), gpu_count=None)
+    problems = [
+        p for p in problems if not p.endswith("does not exist; fix the path (local path or s3:// URI)")
+    ]
+    if problems:
+        raise ConfigError(problems)
+
+
+def _task_config(sweep_config: DictConfig) -> DictConfig:
+    task_cfg = copy.deepcopy(sweep_config)
+    with read_write(task_cfg), open_dict(task_cfg):
+        del task_cfg["hydra"]
+    return task_cfg
+
+
+def render_jobs(
+    launcher: KubernetesLauncher, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
+) -> list[Job]:
+    """Compose, validate and render every job; write each one's manifests.yaml into its output dir."""
+    assert launcher.config is not None and launcher.hydra_context is not None
+    if launcher.sweep_id is None:
+        launcher.sweep_id = new_sweep_id()
+    commit = git_commit()
+    jobs = []
+    for i, overrides in enumerate(job_overrides):
+        idx = initial_job_idx + i
+        sweep_config = launcher.hydra_context.config_loader.load_sweep_config(
+            launcher.config, list(overrides)
+        )
+        with open_dict(sweep_config):
+            sweep_config.hydra.job.id = f"{launcher.sweep_id}_{idx}"
+            sweep_config.hydra.job.num = idx
+        HydraConfig.instance().set_config(sweep_config)
+        out_dir = Path(str(sweep_config.hydra.sweep.dir)) / str(sweep_config.hydra.sweep.subdir)
+        cfg = _task_config(sweep_config)
+        _validate(cfg)
+        name = _render.job_name(
+            str(cfg.run_name),
+            sweep_id=launcher.sweep_id,
+            job_index=idx,
+            backend=str(cfg.launcher.backend),
+            nodes=int(cfg.hardware.nodes),
+        )
+        objs = _render.render(
+            cfg,
+            job_name=name,
+            sweep_id=launcher.sweep_id,
+            job_index=idx,
+            git_commit=commit,
+            overrides=list(overrides),
+        )
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "manifests.yaml").write_text(_render.to_yaml(objs))
+        jobs.append(Job(idx, list(overrides), sweep_config, cfg, name, objs, out_dir))
+    return jobs
+
+
+def launch(
+    launcher: KubernetesLauncher, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
+) -> list[JobReturn]:
+    assert launcher.config is not None
+    setup_globals()
+    configure_log(launcher.config.hydra.hydra_logging, launcher.config.hydra.verbose)
+    Path(str(launcher.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
+
+    jobs = render_jobs(launcher, job_overrides, initial_job_idx)
+    live = [j for j in jobs if not j.launcher.dry_run]
+    for job in jobs:
+        if job.launcher.dry_run:
+            job.status = "DRY_RUN"
+            print(
+                f"Wrote {job.out_dir / 'manifests.yaml'} ({job.name}); submit with: kubectl apply -f {job.out_dir / 'manifests.yaml'}"
+            )
+    if live:
+        _run(live)
+        if len(live) > 1 and live[0].launcher.follow:
+            print(format_summary([_summary(j) for j in jobs]), flush=True)
+    return [_job_return(j) for j in jobs]
+
+
+# ------------------------------------------------------------------------------------------ submitting
+def _clients(jobs: Sequence[Job]) -> dict[tuple[Any, ...], JobClient]:
+    """One client per (context, namespace, backend); reachability is checked once per context, up front."""
+    from hydra_plugins.kubernetes_launcher._client import JobClient, load_api_client
+
+    api_clients: dict[Any, Any] = {}
+    clients: dict[tuple[Any, ...], JobClient] = {}
+    for job in jobs:
+        L = job.launcher
+        key = (L.context, L.namespace, L.backend)
+        if key in clients:
+            continue
+        fresh = L.context not in api_clients
+        if fresh:
+            api_clients[L.context] = load_api_client(L.context)
+        client = JobClient(
+            str(L.namespace),
+            backend=str(L.backend),
+            api_client=api_clients[L.context],
+            retries=int(L.api_retries),
+            timeout_s=float(L.api_timeout_s),
+            poll_interval_s=float(L.poll_interval_s),
+        )
+        if fresh:
+            client.check_reachable()
+        clients[key] = client
+    return clients
+
+
+def _emit(prefix: str) -> Any:
+    def emit(line: str) -> None:
+        with _print_lock:
+            print(f"{prefix}{line}", flush=True)
+
+    return emit
+
+
+def _run(jobs: list[Job]) -> None:
+    clients = _clients(jobs)
+    first = jobs[0].launcher
+    stop = threading.Event()
+    many = len(jobs) > 1
+    for job in jobs:
+        if not job.cfg.storage.output_uri and _render.run_dir_is_ephemeral(job.objs):
+            log.warning(
+                "%s: the run directory %s is on an emptyDir and is lost when the pods end; set storage.output_uri "
+                "or mount a PVC with launcher.pvcs",
+                job.name,
+                _render.pod_run_dir(job.cfg, job.name),
+            )
+            break
+
+    def one(job: Job) -> None:
+        client = clients[(job.launcher.context, job.launcher.namespace, job.launcher.backend)]
+        prefix = f"[{job.name}] " if many else ""
+        if stop.is_set():
+            job.status, job.message = "CANCELLED", "not submitted (interrupted)"
+            return
+        t0 = time.monotonic()
+        try:
+            client.submit(job.objs)
+        except Exception as e:
+            job.status, job.error, job.message = "FAILED", e, str(e)
+            return
+        job.submitted = True
+        log.info("%sSubmitted %s %s", prefix, client.kind.kind, job.ref)
+        if not job.launcher.follow:
+            job.status = "SUBMITTED"
+            log.info(
+                "Follow it with: framework-jobs logs %s -n %s --follow", job.name, job.launcher.namespace
+            )
+            return
+        log_stop = threading.Event()
+        follower = threading.Thread(
+            target=client.follow_logs,
+            args=(job.name, _emit(prefix), log_stop),
+            daemon=True,
+            name=f"logs-{job.name}",
+        )
+        follower.start()
+        try:
+            info = client.wait(
+                job.name, on_update=lambda line: log.info("%s%s: %s", prefix, job.ref, line), stop=stop
+            )
+        except Exception as e:
+            job.status, job.error, job.message = "FAILED", e, str(e)
+            return
+        finally:
+            follower.join(timeout=5.0)  # the last lines of a finished pod
+            log_stop.set()
+            client.close_log_streams()
+        job.wall_s = time.monotonic() - t0
+        _outcome(job, info)
+
+    pool = cf.ThreadPoolExecutor(max_workers=max(1, int(first.max_parallel)), thread_name_prefix="k8s-job")
+    futures = [pool.submit(one, job) for job in jobs]
+    try:
+        while not all(f.done() for f in futures):
+            cf.wait(futures, timeout=0.5)
+    except KeyboardInterrupt:
+        stop.set()
+        pool.shutdown(wait=True, cancel_futures=True)
+        _interrupted(jobs, clients, str(first.cancel_on_interrupt))
+        raise
+    pool.shutdown(wait=True)
+    for f in futures:
+        f.result()  # re-raise a bug in `one` rather than reporting a half-filled job
+
+
+def _outcome(job: Job, info: JobInfo) -> None:
+    from hydra_plugins.kubernetes_launcher._client import JobFailed
+
+    job.message = info.describe()
+    if info.phase == "Succeeded":
+        job.status = "COMPLETED"
+        job.extra.update(_final_metrics(job))
+        return
+    if info.done:
+        job.status = "FAILED"
+        job.error = JobFailed(
+            f"Job {job.ref} failed: {info.message or info.phase}", permanent=info.permanent_failure
+        )
+    else:  # stopped following (Ctrl-C)
+        job.status = "INTERRUPTED"
+
+
+def _final_metrics(job: Job) -> dict[str, Any]:
+    """Final eval loss and throughput from the run's metrics.jsonl, when the pods wrote it somewhere readable."""
+    uri = job.cfg.storage.output_uri
+    if not uri:
+        return {}
+    try:
+        import json
+
+        import fsspec
+
+        with fsspec.open(f"{str(uri).rstrip('/')}/metrics.jsonl", "r") as f:
+            rows = [json.loads(line) for line in f if line.strip()]
+    except Exception as e:  # best effort: the summary shows '-' instead
+        log.debug("no metrics for %s: %s", job.name, e)
+        return {}
+    evals = [r["eval_loss"] for r in rows if "eval_loss" in r]
+    tps = [r["tokens_per_s"] for r in rows if "tokens_per_s" in r]
+    return {"eval_loss": evals[-1] if evals else None, "tokens_per_s": sum(tps) / len(tps) if tps else None}
+
+
+def _interrupted(jobs: list[Job], clients: dict[tuple[Any, ...], JobClient], policy: str) -> None:
+    """Ctrl-C: delete the jobs still running, or leave them, per launcher.cancel_on_interrupt."""
+    running = [j for j in jobs if j.submitted and j.status not in ("COMPLETED", "FAILED")]
+    for j in jobs:
+        if j.status == "RENDERED":
+            j.status = "CANCELLED"
+    if not running:
+        return
+    names = ", ".join(j.ref for j in running)
+    cancel = policy == "yes"
+    if policy == "ask":
+        if sys.stdin.isatty():
+            try:
+                answer = input(f"\nDelete the submitted job(s) {names}? [y/N] ")
+            except (EOFError, KeyboardInterrupt):
+                answer = ""
+            cancel = answer.strip().lower() in ("y", "yes")
+        else:
+            print(
+                "\nNot on a terminal: leaving the job(s) running (launcher.cancel_on_interrupt=ask)",
+                file=sys.stderr,
+            )
+    for job in running:
+        client = clients[(job.launcher.context, job.launcher.namespace, job.launcher.backend)]
+        if cancel:
+            try:
+                client.cancel(job.name)
+                job.status = "CANCELLED"
+                print(f"Deleted {job.ref}", file=sys.stderr)
+            except Exception as e:
+                print(f"Could not delete {job.ref}: {e}", file=sys.stderr)
+        else:
+            job.status = "INTERRUPTED"
+            print(
+                f"Left {job.ref} running; follow: framework-jobs logs {job.name} -n {job.launcher.namespace} --follow; "
+                f"cancel: framework-jobs cancel {job.name} -n {job.launcher.namespace}",
+                file=sys.stderr,
+            )
+
+
+# ----------------------------------------------------------------------------------------------- results
+def _value(job: Job) -> dict[str, Any]:
+    from hydra_plugins.kubernetes_launcher._client import BACKEND_KIND
+
+    return {
+        "status": job.status,
+        "job": job.name,
+        "namespace": str(job.launcher.namespace),
+        "kind": BACKEND_KIND[str(job.launcher.backend)],
+        "manifests": str(job.out_dir / "manifests.yaml"),
+        "run_dir": _render.pod_run_dir(job.cfg, job.name),
+        "eval_loss": job.extra.get("eval_loss"),
+        "tokens_per_s": job.extra.get("tokens_per_s"),
+        "wall_s": job.wall_s,
+        "message": job.message,
+    }
+
+
+def _summary(job: Job) -> JobSummary:
+    value = _value(job)
+    return JobSummary.from_return(job.overrides, job.status, value)
+
+
+def _job_return(job: Job) -> JobReturn:
+    from hydra_plugins.kubernetes_launcher._client import KubernetesError
+
+    ret = JobReturn(
+        overrides=job.overrides,
+        cfg=job.cfg,
+        hydra_cfg=job.hydra_cfg,
+        working_dir=str(job.out_dir),
+        task_name=JobRuntime.instance().get("name"),
+    )
+    if job.status == "FAILED":
+        ret.status = JobStatus.FAILED
+        ret.return_value = job.error or KubernetesError(f"Job {job.ref} failed: {job.message}")
+    else:
+        ret.status = JobStatus.COMPLETED
+        ret.return_value = _value(job)
+    return ret

@@ -1,0 +1,799 @@
+"""Manifest rendering: one resolved config in, the Kubernetes objects of one training job out (plain dicts).
+
+Pure: no I/O, no API calls, no torch. Every backend gets the same pod: same image, command, env and volumes.
+
+    pods run:  framework-torchrun --nnodes=$(NNODES) --nproc-per-node=$(NPROC_PER_NODE) --node-rank=$(NODE_RANK)
+               --master-addr=$(MASTER_ADDR) --master-port=$(MASTER_PORT) -m framework
+               --config-path=/etc/framework --config-name=config hydra.mode=RUN hydra.run.dir=<run dir>
+               hydra.output_subdir=null
+
+``framework-torchrun`` is torchrun that exits with the training processes' own exit code (2 bad config, 143
+preempted), so the podFailurePolicy below can tell permanent failures from retryable ones; plain torchrun
+exits 1 for any failed worker.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import yaml
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue
+
+from framework.errors import ConfigError
+
+Manifest = dict[str, Any]
+
+BACKENDS = ("indexed_job", "jobset", "pytorchjob")
+MANAGED_BY = "framework-kubernetes-launcher"
+APP_NAME = "framework"
+LABEL_PREFIX = "framework.io/"
+COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
+JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
+SETUP_NAME = "framework-launcher"  # ServiceAccount, Role and RoleBinding of launcher.setup_namespace
+
+COMMAND = [
+    "framework-torchrun"
+]  # console script of hydra_plugins.kubernetes_launcher.torchrun (the image has it)
+CONFIG_DIR = "/etc/framework"  # the ConfigMap's mount; every rank reads config.yaml from here
+CONFIG_FILE = "config.yaml"
+CACHE_DIR = "/cache"  # emptyDir: HOME, HF_HOME, Triton and torch-extension caches
+TMP_DIR = "/tmp"
+SHM_DIR = "/dev/shm"
+RESERVED_MOUNTS = (CONFIG_DIR, CACHE_DIR, TMP_DIR, SHM_DIR)
+JOBSET_REPLICATED_JOB = "node"  # JobSet pods: <jobset>-node-0-<node rank>
+EXIT_PERMANENT = 2  # DESIGN.md: bad config or data, never retried
+EXIT_PREEMPTED = 143  # DESIGN.md: SIGTERM after a checkpoint, retryable
+
+# Kubeflow's training-operator finds the rendezvous port by these names and injects MASTER_ADDR/PORT, RANK.
+PYTORCHJOB_CONTAINER, PYTORCHJOB_PORT = "pytorch", "pytorchjob-port"
+CONTAINER, PORT_NAME = "trainer", "rdzv"
+
+RENDEZVOUS_ENV = ("MASTER_ADDR", "MASTER_PORT", "NNODES", "NODE_RANK", "NPROC_PER_NODE")
+CACHE_ENV = {
+    "HOME": f"{CACHE_DIR}/home",
+    "XDG_CACHE_HOME": CACHE_DIR,
+    "HF_HOME": f"{CACHE_DIR}/huggingface",
+    "TRITON_CACHE_DIR": f"{CACHE_DIR}/triton",
+    "TORCH_EXTENSIONS_DIR": f"{CACHE_DIR}/torch_extensions",
+    "FRAMEWORK_CACHE": f"{CACHE_DIR}/framework",
+}
+SECRET_WORDS = frozenset(
+    {"TOKEN", "SECRET", "PASSWORD", "PASSWD", "KEY", "APIKEY", "CREDENTIAL", "CREDENTIALS"}
+)
+# Launcher fields that hold Secret *names* (references), never values.
+SECRET_REFERENCE_KEYS = (
+    "hf_token_secret",
+    "s3_secret",
+    "secret_env",
+    "env_from_secrets",
+    "image_pull_secrets",
+)
+EXTRA_KEYS = ("pod_spec", "job_spec")
+
+_DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+_LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+_LABEL_KEY_NAME = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
+_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_ENV_NAME = re.compile(r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
+
+
+# ----------------------------------------------------------------------------------------------- names
+def _short_hash(text: str, n: int = 6) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:n]
+
+
+def dns_label(text: str, max_len: int = 63) -> str:
+    """A DNS-1035 label (lowercase, starts with a letter, <= max_len) made from any text.
+
+    Text that is too long keeps its start and gets a hash of the whole text, so distinct long names stay distinct.
+    """
+    s = re.sub(r"-{2,}", "-", re.sub(r"[^a-z0-9-]+", "-", text.lower())).strip("-")
+    if not s or not s[0].isalpha():
+        s = f"r-{s}".rstrip("-")
+    if len(s) > max_len:
+        s = f"{s[: max_len - 7].rstrip('-')}-{_short_hash(text)}"
+    return s
+
+
+def label_value(text: str) -> str:
+    """A valid label value (<= 63 chars of [A-Za-z0-9-_.], alphanumeric at both ends) made from any text."""
+    s = re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-_.")
+    if len(s) > 63:
+        s = f"{s[:56].rstrip('-_.')}-{_short_hash(text)}"
+    return s
+
+
+def _host_suffix(backend: str, nodes: int) -> str:
+    """The longest suffix the backend appends to the job name to form a pod hostname (a DNS label itself)."""
+    if backend == "jobset":
+        return f"-{JOBSET_REPLICATED_JOB}-0-{nodes - 1}"
+    if backend == "pytorchjob":
+        return max("-master-0", f"-worker-{max(nodes - 2, 0)}", key=len)
+    return f"-{nodes - 1}"
+
+
+def job_name(
+    run_name: str, *, sweep_id: str, job_index: int, backend: str = "indexed_job", nodes: int = 1
+) -> str:
+    """``<run name>-<sweep id>-<job index>``, shortened so every pod hostname stays a valid DNS label (<= 63)."""
+    suffix = f"-{sweep_id}-{job_index}"
+    budget = 63 - len(_host_suffix(backend, nodes)) - len(suffix)
+    name = dns_label(run_name, budget) + suffix
+    assert _DNS_LABEL.match(name) and len(name) + len(_host_suffix(backend, nodes)) <= 63, name
+    return name
+
+
+def master_addr(backend: str, name: str) -> str:
+    """DNS name of the rank-0 pod (node rank 0) for each backend."""
+    if backend == "jobset":  # JobSet hostnames: <jobset>-<replicatedJob>-<job index>-<pod index>.<subdomain>
+        return f"{name}-{JOBSET_REPLICATED_JOB}-0-0.{name}"
+    if backend == "pytorchjob":  # the operator's per-replica Service (it also sets MASTER_ADDR to this)
+        return f"{name}-master-0"
+    return f"{name}-0.{name}"  # Indexed Job hostname <job>-<index> under the headless Service <job>
+
+
+def pod_run_dir(cfg: DictConfig, name: str) -> str:
+    """Where the run directory lives as seen from a pod: storage.output_uri, else <launcher.run_dir>/<job>."""
+    return str(cfg.storage.output_uri or _hydra_run_dir(cfg, name))
+
+
+def _hydra_run_dir(cfg: DictConfig, name: str) -> str:
+    return f"{str(cfg.launcher.run_dir).rstrip('/')}/{name}"
+
+
+def container_args(cfg: DictConfig, name: str) -> list[str]:
+    """torchrun's arguments (after COMMAND); identical on every pod of the job."""
+    # The PyTorchJob operator exports the node rank as RANK, appended after our env: Kubernetes substitutes it
+    # into args (which see the whole env) but not into an earlier env value, so it is used here directly.
+    node_rank = "$(RANK)" if cfg.launcher.backend == "pytorchjob" else "$(NODE_RANK)"
+    return [
+        "--nnodes=$(NNODES)",
+        "--nproc-per-node=$(NPROC_PER_NODE)",
+        f"--node-rank={node_rank}",
+        "--master-addr=$(MASTER_ADDR)",
+        "--master-port=$(MASTER_PORT)",
+        "-m",
+        "framework",
+        f"--config-path={CONFIG_DIR}",
+        f"--config-name={CONFIG_FILE.removesuffix('.yaml')}",
+        "hydra.mode=RUN",
+        f"hydra.run.dir={_hydra_run_dir(cfg, name)}",
+        "hydra.output_subdir=null",
+    ]
+
+
+# ---------------------------------------------------------------------------------------------- config
+def resolved_config_yaml(cfg: DictConfig) -> str:
+    """The fully resolved config without the ``hydra`` node: what every rank reads from the ConfigMap."""
+    try:
+        plain = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    except MissingMandatoryValue as e:
+        raise ConfigError(f"{e.full_key} is required but not set; pass {e.full_key}=<value>") from e
+    assert isinstance(plain, dict)
+    plain.pop("hydra", None)
+    _reject_secret_values(plain)
+    return OmegaConf.to_yaml(OmegaConf.create(plain))
+
+
+def config_hash(config_yaml: str) -> str:
+    return hashlib.sha256(config_yaml.encode()).hexdigest()[:16]
+
+
+def looks_secret(name: str) -> bool:
+    """True for names like HF_TOKEN, AWS_SECRET_ACCESS_KEY, db_password (whole words, so TOKENIZERS_... is fine)."""
+    return any(word in SECRET_WORDS for word in re.split(r"[^A-Z0-9]+", name.upper()))
+
+
+def _reject_secret_values(plain: dict[str, Any]) -> None:
+    """A config key named like a secret holding a value would land in the ConfigMap: refuse, naming the key."""
+    found: list[str] = []
+
+    def walk(node: Any, path: str) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                full = f"{path}.{key}" if path else str(key)
+                if full in {f"launcher.{k}" for k in SECRET_REFERENCE_KEYS}:
+                    continue
+                if full == "launcher.env":  # checked on its own, with a message about secret_env
+                    continue
+                if isinstance(value, str) and value and looks_secret(str(key)):
+                    found.append(full)
+                walk(value, full)
+        elif isinstance(node, list):
+            for i, item in enumerate(node):
+                walk(item, f"{path}[{i}]")
+
+    walk(plain, "")
+    if found:
+        raise ConfigError(
+            [
+                f"{key} looks like a secret and would be written into the job's ConfigMap; keep the value in a "
+                "Kubernetes Secret and pass it as env: launcher.secret_env={VAR: 'secret-name:key'}"
+                for key in found
+            ]
+        )
+
+
+# ------------------------------------------------------------------------------------------------ pods
+def _secret_ref(key: str, ref: str) -> dict[str, str]:
+    name, sep, item = str(ref).partition(":")
+    if not sep or not _DNS_SUBDOMAIN.match(name) or not item:
+        raise ConfigError(f"{key}={ref!r} must name a Secret and a key in it as 'secret-name:key'")
+    return {"name": name, "key": item}
+
+
+def _env(cfg: DictConfig, name: str) -> list[dict[str, Any]]:
+    launcher, hw = cfg.launcher, cfg.hardware
+    env: list[dict[str, Any]] = [
+        {"name": "MASTER_ADDR", "value": master_addr(launcher.backend, name)},
+        {"name": "MASTER_PORT", "value": str(launcher.master_port)},
+        {"name": "NNODES", "value": str(hw.nodes)},
+        {"name": "NPROC_PER_NODE", "value": str(hw.nproc_per_node)},
+    ]
+    if (
+        launcher.backend != "pytorchjob"
+    ):  # PyTorchJob: the operator's RANK is the node rank (see container_args)
+        env.append(
+            {
+                "name": "NODE_RANK",
+                "valueFrom": {"fieldRef": {"fieldPath": f"metadata.annotations['{COMPLETION_INDEX}']"}},
+            }
+        )
+    env.append({"name": "PYTHONUNBUFFERED", "value": "1"})
+    env.extend({"name": k, "value": v} for k, v in CACHE_ENV.items())
+    env.append({"name": "FRAMEWORK_JOB_NAME", "value": name})
+
+    reserved = {e["name"] for e in env} | {"HF_TOKEN", "RANK", "WORLD_SIZE", "LOCAL_RANK"}
+    problems = []
+    for var, value in (launcher.env or {}).items():
+        key = f"launcher.env.{var}"
+        if looks_secret(str(var)):
+            problems.append(
+                f"{key} looks like a secret: plain env values are written into the manifest. Store it in a "
+                f"Secret and use launcher.secret_env={{{var}: 'secret-name:key'}} (or launcher.env_from_secrets)"
+            )
+        elif var in reserved:
+            problems.append(f"{key}: {var} is set by the launcher; remove it from launcher.env")
+        elif not _ENV_NAME.match(str(var)):
+            problems.append(f"{key}: {var!r} is not a valid environment variable name")
+        else:
+            env.append({"name": str(var), "value": "" if value is None else str(value)})
+    for var in launcher.secret_env or {}:
+        if var in reserved - {"HF_TOKEN"}:
+            problems.append(f"launcher.secret_env.{var}: {var} is set by the launcher; pick another name")
+    if problems:
+        raise ConfigError(problems)
+    if launcher.hf_token_secret:
+        env.append(
+            {
+                "name": "HF_TOKEN",
+                "valueFrom": {
+                    "secretKeyRef": _secret_ref("launcher.hf_token_secret", launcher.hf_token_secret)
+                },
+            }
+        )
+    for var, ref in (launcher.secret_env or {}).items():
+        if not _ENV_NAME.match(str(var)):
+            raise ConfigError(f"launcher.secret_env.{var}: {var!r} is not a valid environment variable name")
+        env.append(
+            {"name": str(var), "valueFrom": {"secretKeyRef": _secret_ref(f"launcher.secret_env.{var}", ref)}}
+        )
+    return env
+
+
+def _env_from(launcher: DictConfig) -> list[dict[str, Any]]:
+    names = ([launcher.s3_secret] if launcher.s3_secret else []) + list(launcher.env_from_secrets or [])
+    for n in names:
+        if not _DNS_SUBDOMAIN.match(str(n)):
+            raise ConfigError(
+                f"launcher.s3_secret / launcher.env_from_secrets: {n!r} is not a valid Secret name"
+            )
+    return [{"secretRef": {"name": str(n)}} for n in dict.fromkeys(names)]
+
+
+def _volumes(cfg: DictConfig, name: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    launcher, hw = cfg.launcher, cfg.hardware
+    volumes: list[dict[str, Any]] = [
+        {
+            "name": "config",
+            "configMap": {"name": f"{name}-config", "items": [{"key": CONFIG_FILE, "path": CONFIG_FILE}]},
+        },
+        {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": str(hw.shm_size)}},
+        {"name": "tmp", "emptyDir": {"sizeLimit": str(launcher.tmp_size)}},
+        {"name": "cache", "emptyDir": {"sizeLimit": str(launcher.cache_size)}},
+    ]
+    mounts: list[dict[str, Any]] = [
+        {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
+        {"name": "dshm", "mountPath": SHM_DIR},
+        {"name": "tmp", "mountPath": TMP_DIR},
+        {"name": "cache", "mountPath": CACHE_DIR},
+    ]
+    run_root = str(launcher.run_dir).rstrip("/")
+    if not run_root.startswith("/"):
+        raise ConfigError(f"launcher.run_dir={launcher.run_dir!r} must be an absolute path inside the pod")
+    covered = False
+    for claim, path in sorted((launcher.pvcs or {}).items()):
+        path = str(path).rstrip("/")
+        key = f"launcher.pvcs.{claim}"
+        if not _DNS_SUBDOMAIN.match(str(claim)):
+            raise ConfigError(f"{key}: {claim!r} is not a valid PersistentVolumeClaim name")
+        if not path.startswith("/") or any(path == r or path.startswith(r + "/") for r in RESERVED_MOUNTS):
+            raise ConfigError(
+                f"{key}={path!r}: mount path must be absolute and not under {', '.join(RESERVED_MOUNTS)}"
+            )
+        vol = dns_label(f"pvc-{claim}")
+        volumes.append({"name": vol, "persistentVolumeClaim": {"claimName": str(claim)}})
+        mounts.append({"name": vol, "mountPath": path})
+        covered = covered or run_root == path or run_root.startswith(path + "/")
+    if not covered:  # the run dir must be writable under a read-only root filesystem
+        volumes.append({"name": "runs", "emptyDir": {}})
+        mounts.append({"name": "runs", "mountPath": run_root})
+    return volumes, mounts
+
+
+def _resources(hw: DictConfig) -> dict[str, Any]:
+    amounts: dict[str, str] = {"cpu": str(hw.cpu), "memory": str(hw.memory)}
+    if hw.resource_name and hw.gpus_per_node:
+        amounts[str(hw.resource_name)] = str(hw.gpus_per_node)
+    # requests = limits: Guaranteed QoS, so a training pod is the last to be evicted under node pressure.
+    return {"requests": amounts, "limits": dict(amounts)}
+
+
+def _container(cfg: DictConfig, name: str) -> dict[str, Any]:
+    launcher = cfg.launcher
+    pytorchjob = launcher.backend == "pytorchjob"
+    _, mounts = _volumes(cfg, name)
+    container: dict[str, Any] = {
+        "name": PYTORCHJOB_CONTAINER if pytorchjob else CONTAINER,
+        "image": str(launcher.image),
+        "imagePullPolicy": str(launcher.image_pull_policy),
+        "command": list(COMMAND),
+        "args": container_args(cfg, name),
+        "workingDir": TMP_DIR,
+        "env": _env(cfg, name),
+        "ports": [
+            {
+                "name": PYTORCHJOB_PORT if pytorchjob else PORT_NAME,
+                "containerPort": int(launcher.master_port),
+                "protocol": "TCP",
+            }
+        ],
+        "resources": _resources(cfg.hardware),
+        "volumeMounts": mounts,
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True,
+            "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        # The last log lines become the termination message of a failed container: the launcher shows them.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    env_from = _env_from(launcher)
+    if env_from:
+        container["envFrom"] = env_from
+    return container
+
+
+def _pod_template(cfg: DictConfig, name: str, labels: Mapping[str, str]) -> dict[str, Any]:
+    launcher, hw = cfg.launcher, cfg.hardware
+    volumes, _ = _volumes(cfg, name)
+    container = _container(cfg, name)
+    spec: dict[str, Any] = {
+        "restartPolicy": "Never",  # the Job (or operator) decides about retries, by exit code
+        "terminationGracePeriodSeconds": int(launcher.termination_grace_s),
+        "automountServiceAccountToken": bool(
+            launcher.service_account and launcher.mount_service_account_token
+        ),
+        "enableServiceLinks": False,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": int(launcher.run_as_user),
+            "runAsGroup": int(launcher.run_as_user),
+            "fsGroup": int(launcher.fs_group),
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [container],
+        "volumes": volumes,
+    }
+    if launcher.backend == "indexed_job":
+        spec["subdomain"] = name  # hostname <job>-<index> resolves under the headless Service <job>
+    if launcher.service_account:
+        spec["serviceAccountName"] = str(launcher.service_account)
+    if hw.node_selector:
+        spec["nodeSelector"] = {str(k): str(v) for k, v in hw.node_selector.items()}
+    if hw.tolerations:
+        spec["tolerations"] = OmegaConf.to_container(hw.tolerations, resolve=True)
+    if launcher.image_pull_secrets:
+        spec["imagePullSecrets"] = [{"name": str(s)} for s in launcher.image_pull_secrets]
+    spec.update(_extra(launcher, "pod_spec"))
+    annotations = {"kubectl.kubernetes.io/default-container": container["name"]}
+    annotations.update({str(k): str(v) for k, v in (launcher.annotations or {}).items()})
+    return {"metadata": {"labels": dict(labels), "annotations": annotations}, "spec": spec}
+
+
+def _extra(launcher: DictConfig, key: str) -> dict[str, Any]:
+    extra = OmegaConf.to_container(launcher.extra, resolve=True) if launcher.extra else {}
+    assert isinstance(extra, dict)
+    unknown = sorted(set(extra) - set(EXTRA_KEYS))
+    if unknown:
+        raise ConfigError(
+            f"launcher.extra: unknown key(s) {', '.join(unknown)}; valid: {', '.join(EXTRA_KEYS)}"
+        )
+    value = extra.get(key) or {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"launcher.extra.{key} must be a mapping of spec fields")
+    return value
+
+
+# -------------------------------------------------------------------------------------- job-level objects
+def pod_failure_policy(container: str) -> dict[str, Any]:
+    """Exit 2 (bad config) fails the job at once; preemption (exit 143, disruption) is retried for free."""
+    return {
+        "rules": [
+            {
+                "action": "FailJob",
+                "onExitCodes": {"containerName": container, "operator": "In", "values": [EXIT_PERMANENT]},
+            },
+            {
+                "action": "Ignore",
+                "onExitCodes": {"containerName": container, "operator": "In", "values": [EXIT_PREEMPTED]},
+            },
+            {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+        ]
+    }
+
+
+def _indexed_job_spec(cfg: DictConfig, template: dict[str, Any], backoff_limit: int) -> dict[str, Any]:
+    launcher, nodes = cfg.launcher, int(cfg.hardware.nodes)
+    spec: dict[str, Any] = {
+        "completionMode": "Indexed",  # completion index = node rank
+        "completions": nodes,
+        "parallelism": nodes,
+        "backoffLimit": backoff_limit,
+        "podFailurePolicy": pod_failure_policy(CONTAINER),
+        "template": template,
+    }
+    if launcher.active_deadline_s:
+        spec["activeDeadlineSeconds"] = int(launcher.active_deadline_s)
+    return spec
+
+
+def _metadata(
+    name: str, namespace: str, labels: Mapping[str, str], annotations: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": name, "namespace": namespace, "labels": dict(labels)}
+    if annotations:
+        meta["annotations"] = dict(annotations)
+    return meta
+
+
+def _labels(
+    cfg: DictConfig, name: str, *, sweep_id: str, job_index: int, chash: str, git_commit: str | None
+) -> dict[str, str]:
+    labels = {
+        "app.kubernetes.io/name": APP_NAME,
+        "app.kubernetes.io/instance": name,
+        "app.kubernetes.io/component": "training",
+        "app.kubernetes.io/part-of": APP_NAME,
+        "app.kubernetes.io/managed-by": MANAGED_BY,
+        f"{LABEL_PREFIX}run-name": label_value(str(cfg.run_name)),
+        f"{LABEL_PREFIX}sweep-id": label_value(sweep_id),
+        f"{LABEL_PREFIX}job-index": str(job_index),
+        f"{LABEL_PREFIX}config-hash": chash,
+    }
+    if git_commit and _LABEL_VALUE.match(git_commit) and len(git_commit) <= 63:
+        labels[f"{LABEL_PREFIX}git-commit"] = git_commit
+    problems = []
+    for key, value in (cfg.launcher.labels or {}).items():
+        key, value = str(key), str(value)
+        prefix, _, last = key.rpartition("/")
+        if key in labels or key.startswith(LABEL_PREFIX):
+            problems.append(f"launcher.labels.{key}: reserved for the launcher")
+        elif (
+            (prefix and not _DNS_SUBDOMAIN.match(prefix)) or len(last) > 63 or not _LABEL_KEY_NAME.match(last)
+        ):
+            problems.append(f"launcher.labels.{key}: not a valid label key")
+        elif len(value) > 63 or not _LABEL_VALUE.match(value):
+            problems.append(
+                f"launcher.labels.{key}={value!r}: not a valid label value (<= 63 of [A-Za-z0-9-_.])"
+            )
+        else:
+            labels[key] = value
+    if problems:
+        raise ConfigError(problems)
+    return labels
+
+
+def _validate(cfg: DictConfig) -> None:
+    launcher, hw = cfg.launcher, cfg.hardware
+    problems = []
+    if launcher.backend not in BACKENDS:
+        problems.append(
+            f"launcher.backend={launcher.backend!r} is not valid; choose one of: {', '.join(BACKENDS)}"
+        )
+    if not _DNS_LABEL.match(str(launcher.namespace)):
+        problems.append(f"launcher.namespace={launcher.namespace!r} is not a valid namespace name")
+    if launcher.image_pull_policy not in ("Always", "IfNotPresent", "Never"):
+        problems.append(
+            f"launcher.image_pull_policy={launcher.image_pull_policy!r}; choose Always, IfNotPresent or Never"
+        )
+    if not 1 <= int(launcher.master_port) <= 65535:
+        problems.append(f"launcher.master_port={launcher.master_port} is not a port")
+    if int(hw.nodes) < 1 or int(hw.nproc_per_node) < 1:
+        problems.append("hardware.nodes and hardware.nproc_per_node must be >= 1")
+    if hw.gpus_per_node and not hw.resource_name:
+        problems.append(
+            "hardware.gpus_per_node is set but hardware.resource_name is null (e.g. nvidia.com/gpu)"
+        )
+    if problems:
+        raise ConfigError(problems)
+
+
+def render(
+    cfg: DictConfig,
+    *,
+    job_name: str,
+    sweep_id: str,
+    job_index: int,
+    git_commit: str | None,
+    overrides: Sequence[str] = (),
+) -> list[Manifest]:
+    """Every object of one training job, in apply order (namespace set-up, ConfigMap, Service, the job).
+
+    ``cfg`` is the job's composed config (its ``hydra`` node, if any, is dropped). Raises ConfigError naming the
+    key for anything that cannot be rendered safely (a secret-looking plain env var, a bad Secret reference...).
+    """
+    _validate(cfg)
+    launcher, hw = cfg.launcher, cfg.hardware
+    backend, ns, name = str(launcher.backend), str(launcher.namespace), job_name
+    if not _DNS_LABEL.match(name) or len(name) + len(_host_suffix(backend, int(hw.nodes))) > 63:
+        raise ConfigError(f"job name {name!r} is not a DNS label short enough for its pod hostnames")
+    config_yaml = resolved_config_yaml(cfg)
+    chash = config_hash(config_yaml)
+    labels = _labels(cfg, name, sweep_id=sweep_id, job_index=job_index, chash=chash, git_commit=git_commit)
+    annotations = {
+        f"{LABEL_PREFIX}run-name": str(cfg.run_name),
+        f"{LABEL_PREFIX}run-dir": pod_run_dir(cfg, name),
+    }
+    if overrides:
+        annotations[f"{LABEL_PREFIX}overrides"] = " ".join(overrides)
+    template = _pod_template(cfg, name, labels)
+    ttl = int(launcher.ttl_after_finished_s)
+
+    objs: list[Manifest] = []
+    if launcher.setup_namespace:
+        objs.extend(setup_objects(ns, backend, str(launcher.service_account or SETUP_NAME)))
+    objs.append(
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": _metadata(f"{name}-config", ns, labels),
+            "data": {CONFIG_FILE: config_yaml},
+        }
+    )
+    job_extra = _extra(launcher, "job_spec")
+    if backend == "indexed_job":
+        objs.append(
+            {
+                "apiVersion": "v1",
+                "kind": "Service",
+                "metadata": _metadata(name, ns, labels),
+                "spec": {
+                    "clusterIP": "None",  # headless: DNS answers with the pod IPs
+                    "publishNotReadyAddresses": True,  # rank 0 must resolve before any pod is Ready
+                    "selector": {JOB_NAME_LABEL: name},
+                    "ports": [{"name": PORT_NAME, "port": int(launcher.master_port), "protocol": "TCP"}],
+                },
+            }
+        )
+        spec = _indexed_job_spec(cfg, template, int(launcher.backoff_limit))
+        spec["ttlSecondsAfterFinished"] = ttl
+        spec.update(job_extra)
+        objs.append(
+            {
+                "apiVersion": "batch/v1",
+                "kind": "Job",
+                "metadata": _metadata(name, ns, labels, annotations),
+                "spec": spec,
+            }
+        )
+    elif backend == "jobset":
+        # One pod failing breaks the static rendezvous of all: the child Job does not retry single pods
+        # (backoffLimit 0) and the JobSet restarts the whole group instead, up to maxRestarts.
+        child = _indexed_job_spec(cfg, template, 0)
+        spec = {
+            "network": {"enableDNSHostnames": True, "publishNotReadyAddresses": True},
+            "failurePolicy": {
+                "maxRestarts": int(launcher.backoff_limit),
+                "rules": [
+                    {  # exit 2 made the child Job fail through its podFailurePolicy: permanent
+                        "name": "FailOnPermanentError",
+                        "action": "FailJobSet",
+                        "onJobFailureReasons": ["PodFailurePolicy"],
+                    }
+                ],
+            },
+            "ttlSecondsAfterFinished": ttl,
+            "replicatedJobs": [
+                {
+                    "name": JOBSET_REPLICATED_JOB,
+                    "replicas": 1,
+                    "template": {"metadata": {"labels": dict(labels)}, "spec": child},
+                }
+            ],
+        }
+        spec.update(job_extra)
+        objs.append(
+            {
+                "apiVersion": "jobset.x-k8s.io/v1alpha2",
+                "kind": "JobSet",
+                "metadata": _metadata(name, ns, labels, annotations),
+                "spec": spec,
+            }
+        )
+    else:
+        run_policy: dict[str, Any] = {
+            "backoffLimit": int(launcher.backoff_limit),
+            "cleanPodPolicy": "Running",
+            "ttlSecondsAfterFinished": ttl,
+        }
+        if launcher.active_deadline_s:
+            run_policy["activeDeadlineSeconds"] = int(launcher.active_deadline_s)
+        # ExitCode: 1-127 are permanent (2 = bad config), 128-255 retryable (143 = preempted after a checkpoint).
+        replicas = {"Master": {"replicas": 1, "restartPolicy": "ExitCode", "template": template}}
+        if int(hw.nodes) > 1:
+            replicas["Worker"] = {
+                "replicas": int(hw.nodes) - 1,
+                "restartPolicy": "ExitCode",
+                "template": template,
+            }
+        spec = {
+            "nprocPerNode": str(hw.nproc_per_node),
+            "runPolicy": run_policy,
+            "pytorchReplicaSpecs": replicas,
+        }
+        spec.update(job_extra)
+        objs.append(
+            {
+                "apiVersion": "kubeflow.org/v1",
+                "kind": "PyTorchJob",
+                "metadata": _metadata(name, ns, labels, annotations),
+                "spec": spec,
+            }
+        )
+    if launcher.setup_namespace:
+        objs.append(network_policy(cfg, name, labels))
+    return objs
+
+
+# ------------------------------------------------------------------------------------ namespace set-up
+def launcher_rules(backend: str) -> list[dict[str, Any]]:
+    """The least the launcher needs in its namespace: manage its objects, read pods, logs and events."""
+    manage = ["create", "get", "list", "watch", "delete"]
+    kinds = {
+        "indexed_job": ("batch", "jobs"),
+        "jobset": ("jobset.x-k8s.io", "jobsets"),
+        "pytorchjob": ("kubeflow.org", "pytorchjobs"),
+    }
+    group, plural = kinds[backend]
+    core = ["configmaps", "services"] if backend == "indexed_job" else ["configmaps"]
+    return [
+        {"apiGroups": [group], "resources": [plural], "verbs": manage},
+        {"apiGroups": [""], "resources": core, "verbs": manage},
+        {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
+        {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]},
+        {"apiGroups": [""], "resources": ["events"], "verbs": ["list"]},
+        # setup_namespace also renders one NetworkPolicy per job, owned by (and deleted with) the job.
+        {"apiGroups": ["networking.k8s.io"], "resources": ["networkpolicies"], "verbs": manage},
+    ]
+
+
+def setup_objects(namespace: str, backend: str, service_account: str) -> list[Manifest]:
+    """ServiceAccount + Role + RoleBinding for running the launcher inside the cluster (e.g. from CI)."""
+    labels = {
+        "app.kubernetes.io/name": APP_NAME,
+        "app.kubernetes.io/component": "launcher",
+        "app.kubernetes.io/part-of": APP_NAME,
+        "app.kubernetes.io/managed-by": MANAGED_BY,
+    }
+    return [
+        {
+            "apiVersion": "v1",
+            "kind": "ServiceAccount",
+            "metadata": _metadata(service_account, namespace, labels),
+            "automountServiceAccountToken": False,  # pods that run the launcher opt in explicitly
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "Role",
+            "metadata": _metadata(SETUP_NAME, namespace, labels),
+            "rules": launcher_rules(backend),
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
+            "metadata": _metadata(SETUP_NAME, namespace, labels),
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": SETUP_NAME},
+            "subjects": [{"kind": "ServiceAccount", "name": service_account, "namespace": namespace}],
+        },
+    ]
+
+
+def network_policy(cfg: DictConfig, name: str, labels: Mapping[str, str]) -> Manifest:
+    """The job's pods talk to each other and to DNS; other egress only to launcher.egress_cidrs."""
+    peers = {"podSelector": {"matchLabels": {"app.kubernetes.io/instance": name}}}
+    dns_ports = [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]
+    egress: list[dict[str, Any]] = [
+        {"to": [peers]},
+        {"to": [{"namespaceSelector": {}}], "ports": dns_ports},  # cluster DNS, wherever it runs
+    ]
+    cidrs = [str(c) for c in cfg.launcher.egress_cidrs or []]
+    for cidr in cidrs:
+        if not re.match(r"^[0-9a-fA-F:.]+/\d{1,3}$", cidr):
+            raise ConfigError(f"launcher.egress_cidrs: {cidr!r} is not a CIDR like 10.0.0.0/8")
+    if cidrs:
+        egress.append({"to": [{"ipBlock": {"cidr": c}} for c in cidrs]})
+    ingress: list[dict[str, Any]] = [{"from": [peers]}]
+    prometheus = OmegaConf.select(cfg, "tracking.prometheus", default=None)
+    if prometheus is not None and prometheus.get("enabled"):  # let a scraper reach /metrics
+        ingress.append({"ports": [{"protocol": "TCP", "port": int(prometheus.get("port") or 9400)}]})
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": _metadata(name, str(cfg.launcher.namespace), labels),
+        "spec": {
+            "podSelector": {"matchLabels": {"app.kubernetes.io/instance": name}},
+            "policyTypes": ["Ingress", "Egress"],
+            "ingress": ingress,
+            "egress": egress,
+        },
+    }
+
+
+# ------------------------------------------------------------------------------------------------ reading
+def main_object(objs: Sequence[Manifest]) -> Manifest:
+    """The Job, JobSet or PyTorchJob among a job's objects."""
+    return next(o for o in objs if o["kind"] in ("Job", "JobSet", "PyTorchJob"))
+
+
+def pod_templates(obj: Manifest) -> list[dict[str, Any]]:
+    """The pod templates of a Job, JobSet or PyTorchJob (PyTorchJob: Master first)."""
+    spec = obj["spec"]
+    if obj["kind"] == "Job":
+        return [spec["template"]]
+    if obj["kind"] == "JobSet":
+        return [rj["template"]["spec"]["template"] for rj in spec["replicatedJobs"]]
+    return [
+        spec["pytorchReplicaSpecs"][r]["template"]
+        for r in ("Master", "Worker")
+        if r in spec["pytorchReplicaSpecs"]
+    ]
+
+
+def run_dir_is_ephemeral(objs: Sequence[Manifest]) -> bool:
+    """True when the pods' run directory is an emptyDir (gone with the pod) rather than a PVC."""
+    return any(v["name"] == "runs" for v in pod_templates(main_object(objs))[0]["spec"]["volumes"])
+
+
+# ------------------------------------------------------------------------------------------------ output
+class _Dumper(getattr(yaml, "CSafeDumper", yaml.SafeDumper)):  # type: ignore[misc]
+    """Safe YAML; multi-line strings (the config) as literal blocks so manifests.yaml stays readable."""
+
+
+def _str(dumper: yaml.SafeDumper, data: str) -> yaml.ScalarNode:
+    style = "|" if "\n" in data else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", data, style=style)
+
+
+_Dumper.add_representer(str, _str)
+
+
+def to_yaml(objs: Iterable[Manifest]) -> str:
+    """Multi-document YAML that ``kubectl apply -f`` accepts."""
+    return yaml.dump_all(list(objs), Dumper=_Dumper, sort_keys=False, default_flow_style=False, width=120)

@@ -1,0 +1,130 @@
+"""``framework-jobs`` (or ``python -m hydra_plugins.kubernetes_launcher.cli``): the jobs the launcher submitted.
+
+    framework-jobs list [-n NAMESPACE]
+    framework-jobs status NAME [-n NAMESPACE]
+    framework-jobs logs NAME [-n NAMESPACE] [--follow] [--rank NODE_RANK]
+    framework-jobs cancel NAME [-n NAMESPACE] [--yes]
+
+Exit codes: 0 ok, 1 an API or cluster error (one line on stderr), 2 usage.
+"""
+
+import argparse
+import sys
+from datetime import datetime, timezone
+
+
+def _default_namespace(context: str | None) -> str:
+    """The kubeconfig context's namespace (like kubectl), else 'default'."""
+    try:
+        from kubernetes import config
+
+        contexts, active = config.list_kube_config_contexts()
+        chosen = next((c for c in contexts if c["name"] == context), None) if context else active
+        return str((chosen or {}).get("context", {}).get("namespace") or "default")
+    except Exception:  # no kubeconfig (in-cluster, or none at all): the API call will say so
+        return "default"
+
+
+def _age(created: str) -> str:
+    try:
+        t = datetime.fromisoformat(created.replace("Z", "+00:00"))
+    except ValueError:
+        return "-"
+    s = int((datetime.now(timezone.utc) - t).total_seconds())
+    for unit, n in (("d", 86400), ("h", 3600), ("m", 60)):
+        if s >= n:
+            return f"{s // n}{unit}"
+    return f"{s}s"
+
+
+def _table(rows: list[tuple[str, ...]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="framework-jobs", description="Training jobs submitted by launcher=kubernetes."
+    )
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "-n", "--namespace", help="namespace (default: the kubeconfig context's, else 'default')"
+    )
+    common.add_argument("--context", help="kubeconfig context (default: the current one, or in-cluster)")
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("list", parents=[common], help="list the jobs in the namespace")
+    for name, text in (
+        ("status", "phase and pods of a job"),
+        ("logs", "a pod's logs"),
+        ("cancel", "delete a job"),
+    ):
+        sp = sub.add_parser(name, parents=[common], help=text)
+        sp.add_argument("name", help="job name (framework-jobs list shows them)")
+        if name == "logs":
+            sp.add_argument("-f", "--follow", action="store_true", help="stream until the pod ends")
+            sp.add_argument("--rank", type=int, default=0, help="node rank whose pod to read (default 0)")
+        if name == "cancel":
+            sp.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    from hydra_plugins.kubernetes_launcher._client import JobClient
+
+    ns = args.namespace or _default_namespace(args.context)
+    jobs = JobClient(ns, context=args.context)
+    if args.command == "list":
+        rows = [("NAME", "KIND", "PHASE", "AGE", "RUN", "OVERRIDES")]
+        for j in jobs.list():
+            rows.append(
+                (
+                    j.name,
+                    j.kind,
+                    j.phase,
+                    _age(j.created),
+                    j.annotations.get("framework.io/run-name", "-"),
+                    j.annotations.get("framework.io/overrides", "") or "-",
+                )
+            )
+        print(_table(rows) if len(rows) > 1 else f"No training jobs in namespace {ns}")
+    elif args.command == "status":
+        info = jobs.status(args.name)
+        print(f"{info.kind} {ns}/{info.name}: {info.describe()}")
+        if info.pods:
+            rows = [("POD", "NODE RANK", "PHASE", "REASON")]
+            rows += [
+                (p.name, str(p.node_rank if p.node_rank is not None else "-"), p.phase, p.reason or "")
+                for p in info.pods
+            ]
+            print(_table(rows))
+        if info.permanent_failure:
+            return 2
+        return 1 if info.phase == "Failed" else 0
+    elif args.command == "logs":
+        for line in jobs.logs(args.name, node_rank=args.rank, follow=args.follow):
+            print(line, flush=True)
+    elif args.command == "cancel":
+        ask = not args.yes and sys.stdin.isatty()
+        if ask and input(f"Delete {ns}/{args.name} and its pods? [y/N] ").strip().lower() not in ("y", "yes"):
+            print("Not deleted")
+            return 0
+        jobs.cancel(args.name)
+        print(f"Deleted {ns}/{args.name}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from framework.errors import FrameworkError
+
+    args = parser().parse_args(argv)
+    try:
+        return run(args)
+    except FrameworkError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
