@@ -475,12 +475,15 @@ _THROTTLE_CODES = frozenset(
         "504",
     }
 )
+_NO_CREDENTIALS = frozenset(
+    {"NoCredentialsError", "PartialCredentialsError", "CredentialRetrievalError", "NoAuthTokenError"}
+)
 _NOT_FOUND_CODES = frozenset({"NoSuchKey", "NotFound", "404", "NoSuchUpload", "NoSuchVersion"})
 
 
 @dataclass(frozen=True)
 class _Failure:
-    kind: str  # unreachable | transient | auth | no_bucket | not_found | other
+    kind: str  # unreachable | transient | auth | no_credentials | no_bucket | not_found | other
     code: str | None = None
 
 
@@ -514,6 +517,9 @@ def _classify(exc: BaseException) -> _Failure:
             if code in _THROTTLE_CODES or status == 429 or (status is not None and status >= 500):
                 return _Failure("transient", code or str(status))
             return _Failure("other", code or None)
+    for e in chain:
+        if _names(e) & _NO_CREDENTIALS:
+            return _Failure("no_credentials", type(e).__name__)
     for e in chain:
         if _names(e) & _CONNECT_ERRORS:
             return _Failure("unreachable", type(e).__name__)
@@ -581,6 +587,12 @@ def _translate(
         else:
             hint = "check the credentials configured for this storage."
         return StorageError(f"Access denied to {uri} ({code}): {hint}", uri=uri)
+    if kind == "no_credentials":
+        return StorageError(
+            f"No credentials to access {uri} ({_short(exc, 120)}): set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY "
+            "(on Kubernetes, from a Secret), or AWS_PROFILE, or give the pod an IAM role.",
+            uri=uri,
+        )
     if kind == "no_bucket":
         where = f" at {endpoint}" if s3 else ""
         return StorageError(

@@ -310,6 +310,15 @@ def test_wrong_access_key_fails_at_once(s3_bucket: str, caplog: pytest.LogCaptur
     assert retry_warnings(caplog) == []
 
 
+def test_no_credentials_at_all(s3_bucket: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    uri = storage.join(s3_bucket, "x.txt")
+    with pytest.raises(storage.StorageError, match="set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY") as info:
+        storage.write_text_atomic(uri, "x")
+    assert uri in str(info.value) and type(info.value.__cause__).__name__ == "NoCredentialsError"
+
+
 def test_credentials_follow_the_environment(
     s3_bucket: str, s3_server: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
