@@ -45,7 +45,10 @@ REDACTED = "<redacted>"
 
 
 class Tracker(Protocol):
-    """One experiment-tracking backend. Calls come from a single worker thread, in order."""
+    """One experiment-tracking backend. Calls come from a single worker thread, in order.
+
+    A backend that buffers may also define ``flush(force: bool = False)``; the worker calls it when idle.
+    """
 
     name: str
 
@@ -278,6 +281,9 @@ class MlflowTracker:
         self._max_key = getattr(validation, "MAX_ENTITY_KEY_LENGTH", 250)
         self._max_value = getattr(validation, "MAX_PARAM_VAL_LENGTH", 6000)
         self._max_params = getattr(validation, "MAX_PARAMS_TAGS_PER_BATCH", 100)
+        self._max_metrics = getattr(validation, "MAX_METRICS_PER_BATCH", 1000)
+        self._pending: list[Any] = []
+        self._last_flush = time.monotonic()
         self.cfg = cfg
         self.tracking_uri = tracking_uri
         self.client = MlflowClient(tracking_uri=tracking_uri)
@@ -345,11 +351,25 @@ class MlflowTracker:
 
     def log_metrics(self, metrics: dict[str, Any], step: int) -> None:
         now = int(time.time() * 1000)
-        batch = [self._metric_cls(self._key(k), v, now, step) for k, v in numeric_metrics(metrics).items()]
-        if batch:
-            self.client.log_batch(self.run_id, metrics=batch)
+        self._pending += [
+            self._metric_cls(self._key(k), v, now, step) for k, v in numeric_metrics(metrics).items()
+        ]
+        if len(self._pending) >= self._max_metrics:
+            self.flush(force=True)
+
+    def flush(self, force: bool = False) -> None:
+        """Send buffered metrics: one request per ``flush_interval_s`` rather than one per step."""
+        if not self._pending or (
+            not force and time.monotonic() - self._last_flush < self.cfg.flush_interval_s
+        ):
+            return
+        pending, self._pending = self._pending, []
+        for i in range(0, len(pending), self._max_metrics):
+            self.client.log_batch(self.run_id, metrics=pending[i : i + self._max_metrics])
+        self._last_flush = time.monotonic()
 
     def log_artifact(self, path: str, name: str) -> None:
+        self.flush(force=True)
         if not self.cfg.log_artifacts:
             return
         local, tmp = _materialize(path)
@@ -363,6 +383,7 @@ class MlflowTracker:
                 shutil.rmtree(tmp, ignore_errors=True)
 
     def close(self, status: str = "FINISHED") -> None:
+        self.flush(force=True)
         self.client.set_terminated(self.run_id, status=status)
 
 
@@ -446,6 +467,7 @@ def wandb_mode(cfg: WandbConfig) -> str:
 
 
 _STOP = object()
+_IDLE_FLUSH_S = 1.0  # how often an idle worker lets a buffering backend (MLflow) send what it holds
 
 
 class _Worker:
@@ -476,8 +498,12 @@ class _Worker:
                 )
 
     def _run(self) -> None:
+        flush = getattr(self.backend, "flush", None)
         while True:
-            item = self._queue.get()
+            try:
+                item = self._queue.get(timeout=_IDLE_FLUSH_S) if flush else self._queue.get()
+            except queue.Empty:
+                item = ("flush", ())
             if item is _STOP:
                 return
             method, args = item

@@ -34,6 +34,7 @@ class MlflowConfig:
     tracking_uri: str | None = None  # http(s)://server, sqlite:///db, file:/dir; null: file:<run_dir>/mlruns
     experiment_name: str = "framework"  # created when missing
     log_artifacts: bool = True  # upload the final adapter/model dir to the run's artifact store
+    flush_interval_s: float = 5.0  # metrics are sent in one batch per interval (0: every step)
 
 
 @dataclass

@@ -6,6 +6,7 @@ import logging
 import socket
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -250,14 +251,20 @@ def test_mlflow_resumes_the_run_of_the_same_run_dir(tmp_path: Path) -> None:
     from mlflow.tracking import MlflowClient
 
     cfg = TrackingConfig(backends=["mlflow"])
+    cfg.mlflow.flush_interval_s = 0.0
     first = make_trackers(cfg, str(tmp_path), "r", {"optim": {"lr": 0.1}}, True)
     first.log_metrics({"loss": 3.0}, 1)
+    client = MlflowClient(tracking_uri=f"file:{tmp_path / 'mlruns'}")
+    experiment_id = client.get_experiment_by_name("framework").experiment_id
+    deadline = time.monotonic() + 5
+    while not client.search_runs([experiment_id])[0].data.metrics and time.monotonic() < deadline:
+        time.sleep(0.1)  # buffered metrics are sent by the idle worker, before close
+    assert client.search_runs([experiment_id])[0].data.metrics == {"loss": 3.0}
     first.close("KILLED")
     second = make_trackers(cfg, str(tmp_path), "r", {"optim": {"lr": 0.2}, "extra": 1}, True)
     second.log_metrics({"loss": 2.0}, 2)
     second.close()
-    client = MlflowClient(tracking_uri=f"file:{tmp_path / 'mlruns'}")
-    (run,) = client.search_runs([client.get_experiment_by_name("framework").experiment_id])
+    (run,) = client.search_runs([experiment_id])
     assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")] == [1, 2]
     assert run.data.params == {"optim.lr": "0.1", "extra": "1"}  # the first value is kept
     assert run.info.status == "FINISHED"
