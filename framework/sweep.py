@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -77,4 +78,14 @@ class SweepSummaryCallback(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         if self.rows:
-            print(format_summary(self.rows), flush=True)
+            print(format_summary(varying_only(self.rows)), flush=True)
+
+
+def varying_only(rows: Sequence[JobSummary]) -> list[JobSummary]:
+    """Drop the overrides every job shares, so each row shows what distinguishes it."""
+    split = [r.overrides.split(" ") for r in rows]
+    common = set.intersection(*(set(s) for s in split)) if len(rows) > 1 else set()
+    return [
+        dataclasses.replace(r, overrides=" ".join(o for o in s if o not in common) or r.overrides)
+        for r, s in zip(rows, split, strict=True)
+    ]
