@@ -56,6 +56,7 @@ __all__ = [
     "StorageError",
     "StorageNotFoundError",
     "StorageSettings",
+    "cache_root",
     "clear_instances",
     "configure",
     "configure_from_config",
