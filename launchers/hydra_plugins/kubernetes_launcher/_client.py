@@ -222,7 +222,9 @@ def _is_transient_exc(e: BaseException) -> bool:
 def _exc_text(e: BaseException) -> str:
     """The useful part of a urllib3/socket error: '[Errno 111] Connection refused', 'Read timed out'."""
     text = str(getattr(e, "reason", None) or e)
-    m = re.search(r"\[Errno -?\d+\] [^'\")\]]+|[Rr]ead timed out|timed out|Connection reset|Connection aborted", text)
+    m = re.search(
+        r"\[Errno -?\d+\] [^'\")\]]+|[Rr]ead timed out|timed out|Connection reset|Connection aborted", text
+    )
     return m.group(0).strip() if m else text[:200]
 
 

@@ -61,9 +61,7 @@ CACHE_ENV = {
     "TORCH_EXTENSIONS_DIR": f"{CACHE_DIR}/torch_extensions",
     "FRAMEWORK_CACHE": f"{CACHE_DIR}/framework",
 }
-SECRET_WORDS = frozenset(
-    {"TOKEN", "SECRET", "PASSWORD", "PASSWD", "KEY", "APIKEY", "CREDENTIAL", "CREDENTIALS"}
-)
+SECRET_WORDS = frozenset({"TOKEN", "SECRET", "PASSWORD", "PASSWD", "APIKEY", "CREDENTIAL", "CREDENTIALS"})
 # Launcher fields that hold Secret *names* (references), never values.
 SECRET_REFERENCE_KEYS = (
     "hf_token_secret",
@@ -184,8 +182,12 @@ def config_hash(config_yaml: str) -> str:
 
 
 def looks_secret(name: str) -> bool:
-    """True for names like HF_TOKEN, AWS_SECRET_ACCESS_KEY, db_password (whole words, so TOKENIZERS_... is fine)."""
-    return any(word in SECRET_WORDS for word in re.split(r"[^A-Z0-9]+", name.upper()))
+    """True for names like HF_TOKEN, AWS_SECRET_ACCESS_KEY, WANDB_API_KEY, db_password.
+
+    Whole words only, so TOKENIZERS_PARALLELISM or KEYBOARD pass; a bare ``key`` (a toleration's) is not a secret.
+    """
+    words = [w for w in re.split(r"[^A-Z0-9]+", name.upper()) if w]
+    return any(w in SECRET_WORDS for w in words) or ("KEY" in words and len(words) > 1)
 
 
 def _reject_secret_values(plain: dict[str, Any]) -> None:

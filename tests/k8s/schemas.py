@@ -1,0 +1,76 @@
+"""Validate rendered objects the way a cluster would: official core schemas and the published CRD schemas.
+
+Core kinds: the ``kubernetes-validate`` package (strict: unknown fields are errors). JobSet and PyTorchJob: the
+CRDs in ../shared/k8s-crds (``spec.versions[].schema.openAPIV3Schema``) with jsonschema, plus a check for
+fields the schema does not know, which a real API server would silently drop.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import kubernetes_validate
+import yaml
+
+K8S_VERSION = "1.33.0"  # a current release; kubernetes-validate ships 1.25 .. 1.37
+CRD_DIR = Path(__file__).resolve().parents[2] / ".." / "shared" / "k8s-crds"
+CRD_FILES = {
+    ("jobset.x-k8s.io/v1alpha2", "JobSet"): "jobset.x-k8s.io_jobsets.yaml",
+    ("kubeflow.org/v1", "PyTorchJob"): "kubeflow.org_pytorchjobs.yaml",
+}
+
+
+def crds_present() -> bool:
+    return all((CRD_DIR / f).is_file() for f in CRD_FILES.values())
+
+
+@functools.cache
+def crd_schema(api_version: str, kind: str) -> dict[str, Any]:
+    doc = yaml.safe_load((CRD_DIR / CRD_FILES[(api_version, kind)]).read_text())
+    version = api_version.rsplit("/", 1)[-1]
+    for v in doc["spec"]["versions"]:
+        if v["name"] == version:
+            return v["schema"]["openAPIV3Schema"]  # type: ignore[no-any-return]
+    raise KeyError(f"{kind} {api_version} not in {CRD_FILES[(api_version, kind)]}")
+
+
+def unknown_fields(obj: Any, schema: dict[str, Any], path: str = "") -> list[str]:
+    """Fields of ``obj`` a structural schema does not declare (the API server would prune them)."""
+    if isinstance(obj, dict):
+        if schema.get("x-kubernetes-preserve-unknown-fields"):
+            return []
+        props, extra = schema.get("properties"), schema.get("additionalProperties")
+        out: list[str] = []
+        for key, value in obj.items():
+            if props is not None and key in props:
+                out += unknown_fields(value, props[key], f"{path}.{key}")
+            elif isinstance(extra, dict):
+                out += unknown_fields(value, extra, f"{path}.{key}")
+            elif props is not None:
+                out.append(f"{path}.{key}")
+        return out
+    if isinstance(obj, list) and isinstance(schema.get("items"), dict):
+        return [
+            e for i, item in enumerate(obj) for e in unknown_fields(item, schema["items"], f"{path}[{i}]")
+        ]
+    return []
+
+
+def errors(obj: dict[str, Any]) -> list[str]:
+    """Every schema problem of one object (empty when a cluster would accept it as is)."""
+    key = (obj.get("apiVersion", ""), obj.get("kind", ""))
+    name = f"{key[1]} {obj.get('metadata', {}).get('name')}"
+    if key in CRD_FILES:
+        schema = crd_schema(*key)
+        found = [
+            f"{name}: {e.json_path}: {e.message}" for e in jsonschema.Draft7Validator(schema).iter_errors(obj)
+        ]
+        return found + [f"{name}: unknown field {f}" for f in unknown_fields(obj, schema)]
+    try:
+        kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+    except kubernetes_validate.ValidationError as e:
+        return [f"{name}: {'.'.join(str(p) for p in e.path)}: {e.message}"]
+    return []
