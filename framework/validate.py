@@ -208,6 +208,13 @@ def validate(cfg: DictConfig, *, gpu_count: Callable[[], int] | None = None) -> 
             f"hardware.nodes={hw.nodes} with launcher=local: multi-node runs need launcher=kubernetes "
             "(or start torchrun on each node yourself with the rendezvous env)"
         )
+    if not problems and hw.accelerator == "cuda" and _get(cfg, "hardware.gpu_memory_gb") is not None:
+        from framework.memory import check_fits  # pure arithmetic, no torch
+
+        try:
+            check_fits(cfg)
+        except ConfigError as e:
+            problems.extend(e.problems)
     return problems
 
 
