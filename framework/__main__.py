@@ -58,7 +58,7 @@ def write_resolved(cfg: DictConfig, path: Path) -> None:
     path.write_text(OmegaConf.to_yaml(OmegaConf.create(plain)))
 
 
-def spawn_torchrun(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+def spawn_torchrun(cfg: DictConfig, run_dir: str) -> dict[str, Any]:
     """Run the recipe in ``nproc_per_node`` local processes under torchrun, each reading the resolved config."""
     import json
 
@@ -74,27 +74,31 @@ def spawn_torchrun(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             "NPROC_PER_NODE": str(n),
         }
     )
+    from framework import storage
+
     with tempfile.TemporaryDirectory(prefix="framework-launch-") as tmp:
         write_resolved(cfg, Path(tmp) / "config.yaml")
+        # A remote run directory comes from storage.output_uri in the config; Hydra's own dir stays local.
+        hydra_dir = Path(tmp) / "hydra" if storage.is_remote(run_dir) else run_dir
         cmd = [
             sys.executable, "-m", "torch.distributed.run",
             "--nnodes=1", f"--nproc-per-node={n}", "--node-rank=0",
             "--master-addr=127.0.0.1", f"--master-port={port}",
             "-m", "framework", f"--config-path={tmp}", "--config-name=config",
-            "hydra.mode=RUN", f"hydra.run.dir={run_dir}", "hydra.output_subdir=null",
+            "hydra.mode=RUN", f"hydra.run.dir={hydra_dir}", "hydra.output_subdir=null",
         ]  # fmt: skip
         log.info("Starting %d processes under torchrun; run directory: %s", n, run_dir)
         rc = subprocess.call(cmd, env=env)
     if rc == 143 or rc == -15:
-        raise Preempted(f"torchrun job stopped by SIGTERM; resume from {run_dir}/checkpoints/latest")
+        raise Preempted(f"torchrun job stopped by SIGTERM; rerun the same command to resume from {run_dir}")
     if rc == EXIT_USAGE:
         raise ConfigError("a training process rejected the config or data (see its message above)")
     if rc != 0:
         raise FrameworkError(f"torchrun exited with code {rc}; see the rank logs above")
     evals = []
-    metrics = run_dir / "metrics.jsonl"
-    if metrics.is_file():
-        evals = [json.loads(ln) for ln in metrics.read_text().splitlines() if "eval_loss" in ln]
+    metrics = storage.join(run_dir, "metrics.jsonl")
+    if storage.exists(metrics):
+        evals = [json.loads(ln) for ln in storage.read_text(metrics).splitlines() if "eval_loss" in ln]
     return {
         "status": "COMPLETED",
         "eval_loss": evals[-1]["eval_loss"] if evals else None,

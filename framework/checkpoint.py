@@ -12,6 +12,8 @@ import os
 import random
 import re
 import shutil
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -67,8 +69,13 @@ def read_latest(ckpt_root: Path) -> str | None:
     return tag
 
 
-def save(engine: Any, ckpt_root: Path, step: int, client_state: dict[str, Any]) -> str:
-    """Save every rank's shard, then (rank 0, after a barrier) the manifest and the ``latest`` marker."""
+def save(
+    engine: Any, ckpt_root: Path, step: int, client_state: dict[str, Any], *, commit: bool = True
+) -> str:
+    """Save every rank's shard, then (rank 0, after a barrier) the manifest and, if ``commit``, ``latest``.
+
+    For a remote run directory the local copy is only staging (``commit=False``); RemoteSync commits remotely.
+    """
     import torch
 
     tag = tag_for(step)
@@ -83,7 +90,8 @@ def save(engine: Any, ckpt_root: Path, step: int, client_state: dict[str, Any]) 
             if p.is_file()
         }
         _atomic_write(ckpt_root / tag / MANIFEST, json.dumps({"step": step, "files": files}, indent=1))
-        _atomic_write(ckpt_root / LATEST, tag)
+        if commit:
+            _atomic_write(ckpt_root / LATEST, tag)
     dist.barrier()
     return tag
 
@@ -139,3 +147,124 @@ def prune(ckpt_root: Path, keep_last: int) -> None:
     for tag in tags[:-keep_last]:
         if tag != latest:
             shutil.rmtree(ckpt_root / tag, ignore_errors=True)
+
+
+class RemoteSync:
+    """Mirrors local checkpoints to a remote run directory, overlapping the upload with training.
+
+    Every node's local rank 0 uploads what its node wrote in a background thread. The commit (manifest, then
+    ``latest``) happens on rank 0 only once every node reports its upload finished, which the training loop
+    learns from the one collective it already runs per step; so an upload never stalls a step, and a preempted
+    or killed upload never moves ``latest``.
+    """
+
+    def __init__(self, local_root: Path, remote_root: str) -> None:
+        self.local_root = local_root
+        self.remote_root = remote_root
+        self.tag: str | None = None  # uploaded or uploading, not yet committed
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+        self.upload_s = 0.0
+
+    def start(self, tag: str) -> None:
+        self.tag = tag
+        self._error = None
+        if dist.local_rank() != 0:
+            return
+
+        def upload() -> None:
+            from framework import storage
+
+            t0 = time.perf_counter()
+            try:
+                storage.upload_dir(self.local_root / tag, storage.join(self.remote_root, tag))
+            except BaseException as e:  # noqa: BLE001 - re-raised in the training thread by check()
+                self._error = e
+            self.upload_s = time.perf_counter() - t0
+
+        self._thread = threading.Thread(target=upload, name=f"upload-{tag}", daemon=True)
+        self._thread.start()
+
+    @property
+    def busy(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    @property
+    def failed(self) -> bool:
+        return self._error is not None
+
+    def raise_error(self) -> None:
+        if self._error is not None:
+            raise self._error
+        from framework.storage import StorageError
+
+        raise StorageError(f"checkpoint {self.tag} upload to {self.remote_root} failed on another node")
+
+    def wait(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+
+    def commit(self, keep_last: int) -> None:
+        """Rank 0, once every node's upload finished: write the manifest of what the store holds, then latest."""
+        from framework import storage
+
+        tag, self.tag = self.tag, None
+        if tag is None or not dist.is_rank0():
+            return
+        remote_tag = storage.join(self.remote_root, tag)
+        files = {k: v for k, v in storage.manifest(remote_tag).items() if k != MANIFEST}
+        step = int(TAG_RE.match(tag).group(1))  # type: ignore[union-attr]
+        storage.write_text_atomic(
+            storage.join(remote_tag, MANIFEST), json.dumps({"step": step, "files": files}, indent=1)
+        )
+        storage.write_text_atomic(storage.join(self.remote_root, LATEST), tag)
+        log.info("Checkpoint %s committed to %s", tag, self.remote_root)
+        prune_remote(self.remote_root, keep_last, latest=tag)
+
+    def sync(self, keep_last: int) -> None:
+        """Blocking: wait for this node's upload, agree with every rank that all finished, then commit."""
+        self.wait()
+        failed = dist.all_reduce_max([1.0 if self.failed else 0.0])[0]
+        if failed:
+            self.raise_error()
+        self.commit(keep_last)
+        dist.barrier()
+
+
+def prune_remote(remote_root: str, keep_last: int, latest: str) -> None:
+    from framework import storage
+
+    if keep_last <= 0:
+        return
+    tags = sorted(
+        (n for n in storage.listdir(remote_root) if TAG_RE.match(n)),
+        key=lambda t: int(TAG_RE.match(t).group(1)),  # type: ignore[union-attr]
+    )
+    for tag in tags[:-keep_last]:
+        if tag != latest:
+            storage.remove(storage.join(remote_root, tag), recursive=True, missing_ok=True)
+
+
+def fetch_remote(remote_root: str, local_root: Path) -> str | None:
+    """Download the committed checkpoint (the one remote ``latest`` names) into ``local_root``; return its tag.
+
+    Local rank 0 of every node downloads; the others wait at the barrier.
+    """
+    from framework import storage
+
+    marker = storage.join(remote_root, LATEST)
+    tag: str | None = None
+    if storage.exists(marker):
+        tag = storage.read_text(marker).strip()
+        if not TAG_RE.match(tag):
+            raise CheckpointError(f"{marker} holds {tag!r}, not a checkpoint tag; fix it or use resume=none")
+    if tag is not None and dist.local_rank() == 0:
+        target = local_root / tag
+        shutil.rmtree(target, ignore_errors=True)
+        remote_tag = storage.join(remote_root, tag)
+        if not storage.exists(storage.join(remote_tag, MANIFEST)):
+            raise CheckpointError(f"{remote_tag} has no {MANIFEST}; it was never committed: use resume=none")
+        storage.download_dir(remote_tag, target)
+        _atomic_write(local_root / LATEST, tag)
+    dist.barrier()
+    return tag

@@ -6,9 +6,11 @@ written at the end; everything else is here.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
+import shutil
 import signal
 import time
 from collections.abc import Callable
@@ -149,23 +151,69 @@ def prepare_data(cfg: DictConfig, tokenizer: Any) -> Data:
 
 @dataclass
 class RunDir:
-    """The run directory of DESIGN.md. Local for now; remote URIs are staged locally then uploaded."""
+    """The run directory of DESIGN.md at ``uri`` (local path or any fsspec URI).
 
+    A remote run directory is worked on in a local staging copy (``path``) and published file by file:
+    config and metrics by rank 0, checkpoints by every node (see checkpoint.RemoteSync), outputs at the end.
+    """
+
+    uri: str
     path: Path
+
+    @classmethod
+    def at(cls, uri: str | Path) -> RunDir:
+        from framework import storage
+
+        uri = str(uri)
+        if not storage.is_remote(uri):
+            local = Path(uri.removeprefix("file://"))
+            return cls(str(local), local)
+        digest = hashlib.sha256(uri.encode()).hexdigest()[:16]
+        return cls(uri, storage.cache_root() / "runs" / digest)
+
+    @property
+    def remote(self) -> bool:
+        return self.uri != str(self.path)
 
     @property
     def checkpoints(self) -> Path:
         return self.path / "checkpoints"
 
     @property
+    def remote_checkpoints(self) -> str:
+        from framework import storage
+
+        return storage.join(self.uri, "checkpoints")
+
+    @property
     def metrics(self) -> Path:
         return self.path / "metrics.jsonl"
+
+    def publish(self, name: str) -> None:
+        """Upload one file or directory of the staging copy (no-op for a local run directory)."""
+        from framework import storage
+
+        if not self.remote or not (self.path / name).exists():
+            return
+        if (self.path / name).is_dir():
+            storage.upload_dir(self.path / name, storage.join(self.uri, name))
+        else:
+            storage.put_file(self.path / name, storage.join(self.uri, name))
+
+    def fetch_metrics(self) -> None:
+        """Bring a remote run's metrics.jsonl into the staging copy before resuming."""
+        from framework import storage
+
+        remote = storage.join(self.uri, "metrics.jsonl")
+        if self.remote and storage.exists(remote):
+            storage.get_file(remote, self.metrics)
 
     def write_config(self, cfg: DictConfig) -> None:
         plain = OmegaConf.to_container(cfg, resolve=True)
         assert isinstance(plain, dict)
         plain.pop("hydra", None)
         (self.path / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(plain)))
+        self.publish("config.yaml")
 
     def truncate_metrics(self, after_step: int) -> None:
         """Drop lines a preempted run wrote past its last checkpoint, so a resume does not repeat steps."""
@@ -191,6 +239,10 @@ class MetricsLog:
         self._f.write(json.dumps(record) + "\n")
         for sink in self.sinks:
             sink(record)
+
+    def flush(self) -> None:
+        if self._f is not None:
+            self._f.flush()
 
     def close(self) -> None:
         if self._f is not None:
@@ -267,7 +319,10 @@ def resolve_resume(cfg: DictConfig, run: RunDir) -> tuple[Path, str] | None:
     if mode == "none":
         return None
     if mode == "auto":
-        tag = checkpoint.read_latest(run.checkpoints)
+        if run.remote:
+            tag = checkpoint.fetch_remote(run.remote_checkpoints, run.checkpoints)
+        else:
+            tag = checkpoint.read_latest(run.checkpoints)
         return (run.checkpoints, tag) if tag else None
     if mode.isdigit():
         tag = checkpoint.tag_for(int(mode))
@@ -289,7 +344,7 @@ def resolve_resume(cfg: DictConfig, run: RunDir) -> tuple[Path, str] | None:
 
 def train(
     cfg: DictConfig,
-    run_dir: Path,
+    run_dir: str | Path,
     *,
     prepare_model: Callable[[DictConfig, Any], Any],
     export: Callable[[Any, DictConfig, Path, Any], None],
@@ -299,16 +354,21 @@ def train(
     import torch
     from tqdm import tqdm
 
+    from framework import storage
     from framework.model import count_params, load_tokenizer
 
     t_start = time.time()
+    storage.configure_from_config(cfg.storage)
     dist.init(cfg.hardware.accelerator)
     rank0 = dist.is_rank0()
-    run = RunDir(run_dir)
+    run = RunDir.at(run_dir)
+    if run.remote and dist.local_rank() == 0:
+        shutil.rmtree(run.path, ignore_errors=True)  # staging is per run: the remote copy is the truth
+    dist.barrier()
+    run.path.mkdir(parents=True, exist_ok=True)
     if rank0:
-        run.path.mkdir(parents=True, exist_ok=True)
         run.write_config(cfg)
-        log.info("Run directory: %s", run.path.resolve())
+        log.info("Run directory: %s", run.uri if run.remote else run.path.resolve())
         log.info("World: %d process(es) %s", dist.world_size(), dist.describe())
     seed_everything(cfg.train.seed)
     torch.set_num_threads(max(1, torch.get_num_threads() // max(1, int(dist.world_size()))))
@@ -366,7 +426,12 @@ def train(
             )
         step, consumed = int(state["step"]), int(state["consumed"])
         if rank0:
-            log.info("Resumed from %s at step %d", root / tag, step)
+            log.info(
+                "Resumed from %s at step %d",
+                storage.join(run.remote_checkpoints, tag) if run.remote else root / tag,
+                step,
+            )
+            run.fetch_metrics()
             run.truncate_metrics(step)
 
     metrics = MetricsLog(run.metrics, rank0, [])
@@ -394,12 +459,43 @@ def train(
             "finetune": cfg.recipe.finetune,
         }
 
-    def save_checkpoint() -> None:
+    remote = checkpoint.RemoteSync(run.checkpoints, run.remote_checkpoints) if run.remote else None
+
+    def save_checkpoint(blocking: bool = False) -> None:
         t0 = time.time()
-        checkpoint.save(engine, run.checkpoints, step, client_state())
+        if remote is not None and remote.tag is not None:
+            remote.sync(cfg.train.keep_last)  # the previous upload must land before a new one starts
+            publish_metrics()
+        checkpoint.save(engine, run.checkpoints, step, client_state(), commit=remote is None)
         checkpoint.prune(run.checkpoints, cfg.train.keep_last)
         if rank0:
             log.info("Checkpoint step_%d saved in %.2fs", step, time.time() - t0)
+        if remote is not None:
+            remote.start(checkpoint.tag_for(step))
+            if blocking:
+                remote.sync(cfg.train.keep_last)
+                publish_metrics()
+                if rank0:
+                    log.info("Checkpoint step_%d uploaded and committed in %.2fs", step, time.time() - t0)
+
+    def poll_upload() -> None:
+        """Commit a finished background upload; learned from one small collective while one is pending."""
+        if remote is None or remote.tag is None:
+            return
+        busy, failed = dist.all_reduce_max([float(remote.busy), float(remote.failed)])
+        if failed:
+            remote.raise_error()
+        if not busy:
+            tag = remote.tag
+            remote.commit(cfg.train.keep_last)
+            publish_metrics()
+            if rank0:
+                log.info("Checkpoint %s uploaded in %.2fs, overlapped with training", tag, remote.upload_s)
+
+    def publish_metrics() -> None:
+        if rank0 and run.remote:
+            metrics.flush()
+            run.publish("metrics.jsonl")
 
     def run_eval() -> None:
         nonlocal last_eval
@@ -439,16 +535,20 @@ def train(
                 raise FloatingPointError(f"loss is {loss} at step {step}; lower optim.lr or check the data")
             if cfg.train.eval_interval and step % cfg.train.eval_interval == 0 and step < d.steps:
                 run_eval()
+            poll_upload()
             if stop_any:
-                save_checkpoint()
+                save_checkpoint(blocking=True)
                 raise Preempted(
                     f"stopped by signal {int(stop_any)} at step {step}; checkpoint step_{step} saved"
                 )
             if cfg.train.checkpoint_interval and step % cfg.train.checkpoint_interval == 0 and step < d.steps:
                 save_checkpoint()
         run_eval()
-        save_checkpoint()
+        save_checkpoint(blocking=True)
         export(engine, cfg, run.path, tokenizer)
+        if rank0:
+            for name in ("adapter", "model"):
+                run.publish(name)
     finally:
         bar.close()
         metrics.close()
@@ -462,7 +562,7 @@ def train(
         "perplexity": last_eval.get("perplexity"),
         "tokens_per_s": tok_rate_sum / tok_rate_n if tok_rate_n else None,
         "wall_s": time.time() - t_start,
-        "run_dir": str(run.path),
+        "run_dir": run.uri,
     }
     if rank0:
         log.info(
@@ -470,7 +570,7 @@ def train(
             step,
             f"{result['eval_loss']:.4f}" if result["eval_loss"] is not None else "-",
             result["wall_s"],
-            run.path.resolve(),
+            run.uri if run.remote else run.path.resolve(),
         )
     return result
 
@@ -483,12 +583,12 @@ def full_state_dict(engine: Any) -> dict[str, Any] | None:
     return engine.module.state_dict() if dist.is_rank0() else None
 
 
-def run_dir_for(cfg: DictConfig) -> Path:
+def run_dir_for(cfg: DictConfig) -> str:
     """``storage.output_uri`` when set, else Hydra's job output dir, else ``outputs/<run_name>``."""
     if cfg.storage.output_uri:
-        return Path(str(cfg.storage.output_uri).removeprefix("file://"))
+        return str(cfg.storage.output_uri)
     from hydra.core.hydra_config import HydraConfig
 
     if HydraConfig.initialized():
-        return Path(HydraConfig.get().runtime.output_dir)
-    return Path("outputs") / cfg.run_name
+        return str(HydraConfig.get().runtime.output_dir)
+    return str(Path("outputs") / cfg.run_name)
