@@ -75,7 +75,7 @@ REASONS.update({422: "Invalid", 429: "TooManyRequests", 500: "InternalError", 50
 class Fault:
     method: str
     path: re.Pattern[str]
-    status: int = 500
+    status: int = 500  # 0: no error, only the delay (the request is then served normally)
     times: int = 1  # how many matching requests it hits; -1: all
     message: str | None = None
     details: dict[str, Any] | None = None
@@ -144,7 +144,9 @@ class FakeKube:
         Handler.kube = kube
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, daemon=True, name="fake-kube").start()
+        threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True, name="fake-kube"
+        ).start()
         return self
 
     def stop(self) -> None:
@@ -289,6 +291,7 @@ class FakeKube:
 class _Handler(BaseHTTPRequestHandler):
     kube: FakeKube
     protocol_version = "HTTP/1.1"  # keep-alive and chunked streams, like the API server
+    disable_nagle_algorithm = True  # headers and body are separate writes: no 40 ms delayed-ACK stalls
 
     def log_message(self, fmt: str, *args: Any) -> None:  # quiet
         pass
@@ -659,9 +662,11 @@ def simulate(
 
     def run(kube: FakeKube, job: Obj) -> None:
         ns, name = job["metadata"]["namespace"], job["metadata"]["name"]
-        alive = lambda: kube.get(
-            {"Job": "jobs", "JobSet": "jobsets", "PyTorchJob": "pytorchjobs"}[job["kind"]], ns, name
-        )  # noqa: E731
+        plural = {"Job": "jobs", "JobSet": "jobsets", "PyTorchJob": "pytorchjobs"}[job["kind"]]
+
+        def alive() -> Obj | None:
+            return kube.get(plural, ns, name)
+
         time.sleep(step_s)
         pods = make_pods(kube, job)
         time.sleep(step_s)

@@ -239,7 +239,12 @@ def load_api_client(context: str | None = None) -> ApiClient:
     configuration = client.Configuration()
     errors = []
     try:
-        config.load_kube_config(context=context, client_configuration=configuration)
+        # $KUBECONFIG read now, not at import (the client caches it in a module constant).
+        config.load_kube_config(
+            config_file=os.environ.get("KUBECONFIG") or None,
+            context=context,
+            client_configuration=configuration,
+        )
     except (ConfigException, OSError, TypeError, ValueError) as e:
         errors.append(f"kubeconfig: {e}")
         if context is not None:
@@ -560,10 +565,13 @@ class JobClient:
             ("watch", "true"),
             ("labelSelector", f"{INSTANCE_LABEL}={name}"),
             ("resourceVersion", rv),
-            ("timeoutSeconds", max(1, int(self.poll_interval_s))),
+            ("timeoutSeconds", max(1, round(self.poll_interval_s))),  # whole seconds only
         ]
         started = time.monotonic()
+        resp = None
         try:
+            # The read timeout ends sub-second polls early; with whole seconds the server ends the watch first.
+            timeout = (self.timeout_s, self.poll_interval_s * 1.5)
             resp = self._request(
                 "watch",
                 k,
@@ -571,16 +579,18 @@ class JobClient:
                 k.path(self.namespace),
                 query=query,
                 stream=True,
-                timeout=(self.timeout_s, self.poll_interval_s + self.timeout_s),
+                timeout=timeout,
                 retries=1,
             )
-            try:
-                for _ in _lines(resp):
-                    return  # any event: re-read the job
-            finally:
+            for _ in _lines(resp):
+                return  # any event: re-read the job
+        except Exception as e:  # a broken or timed-out watch is no reason to stop following: poll instead
+            if not isinstance(e, KubernetesError) and not _is_transient_exc(e):
+                raise
+            log.debug("pod watch ended: %s", e)
+        finally:
+            if resp is not None:
                 resp.release_conn()
-        except KubernetesError as e:  # a broken watch is no reason to stop following: poll instead
-            log.debug("pod watch failed: %s", e)
         remaining = self.poll_interval_s - (time.monotonic() - started)
         if remaining > 0:
             (stop.wait if stop is not None else time.sleep)(remaining)
@@ -650,7 +660,8 @@ class JobClient:
     def follow_logs(
         self, name: str, emit: Callable[[str], None], stop: threading.Event, *, node_rank: int = 0
     ) -> None:
-        """Stream the rank pod's logs until ``stop``; a replaced pod (retry) is followed in turn."""
+        """Stream the rank pod's logs; a replaced pod (retry) is followed in turn. Set ``stop`` once the job is
+        done (the current stream still runs to its end) or call close_log_streams() to cut it short."""
         seen: set[str] = set()
         while not stop.is_set():
             try:
@@ -665,10 +676,9 @@ class JobClient:
                 emit(f"--- node rank {node_rank} restarted as pod {pod.name} ---")
             seen.add(pod.name)
             try:
+                # Not interrupted by `stop`: a finished pod's stream ends by itself, and its last lines matter.
                 for line in self.logs(name, pod=pod.name, follow=True):
                     emit(line)
-                    if stop.is_set():
-                        return
             except KubernetesError as e:
                 log.debug("log stream of %s ended: %s", pod.name, e)
                 if "(400)" in str(e):  # container not started yet: try this pod again

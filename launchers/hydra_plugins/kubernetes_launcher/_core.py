@@ -243,6 +243,7 @@ def _run(jobs: list[Job]) -> None:
             name=f"logs-{job.name}",
         )
         follower.start()
+        info = None
         try:
             info = client.wait(
                 job.name, on_update=lambda line: log.info("%s%s: %s", prefix, job.ref, line), stop=stop
@@ -251,9 +252,11 @@ def _run(jobs: list[Job]) -> None:
             job.status, job.error, job.message = "FAILED", e, str(e)
             return
         finally:
-            follower.join(timeout=5.0)  # the last lines of a finished pod
             log_stop.set()
+            if info is not None and info.done:
+                follower.join(timeout=10.0)  # a finished pod's stream ends by itself: print its last lines
             client.close_log_streams()
+            follower.join(timeout=1.0)
         job.wall_s = time.monotonic() - t0
         _outcome(job, info)
 

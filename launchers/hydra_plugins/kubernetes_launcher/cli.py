@@ -9,6 +9,7 @@ Exit codes: 0 ok, 1 an API or cluster error (one line on stderr), 2 usage.
 """
 
 import argparse
+import os
 import sys
 from datetime import datetime, timezone
 
@@ -18,7 +19,7 @@ def _default_namespace(context: str | None) -> str:
     try:
         from kubernetes import config
 
-        contexts, active = config.list_kube_config_contexts()
+        contexts, active = config.list_kube_config_contexts(config_file=os.environ.get("KUBECONFIG") or None)
         chosen = next((c for c in contexts if c["name"] == context), None) if context else active
         return str((chosen or {}).get("context", {}).get("namespace") or "default")
     except Exception:  # no kubeconfig (in-cluster, or none at all): the API call will say so
