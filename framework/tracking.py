@@ -24,6 +24,7 @@ import os
 import queue
 import re
 import shutil
+import socket
 import tempfile
 import threading
 import time
@@ -47,7 +48,7 @@ REDACTED = "<redacted>"
 class Tracker(Protocol):
     """One experiment-tracking backend. Calls come from a single worker thread, in order.
 
-    A backend that buffers may also define ``flush(force: bool = False)``; the worker calls it when idle.
+    A backend may also define ``flush()``; the worker calls it after every batch of calls.
     """
 
     name: str
@@ -204,7 +205,11 @@ def _materialize(path: str) -> tuple[str, str | None]:
 
 
 class TensorBoardTracker:
-    """Event files readable by TensorBoard; written with the tensorboard package (no torch, no TF)."""
+    """Event files readable by TensorBoard, written with the tensorboard package's protos (no torch, no TF).
+
+    Written synchronously from the tracker's worker thread (no writer thread of its own) and flushed after
+    every batch.
+    """
 
     name = "tensorboard"
     fix = "check that tracking.tensorboard.log_dir is writable"
@@ -214,7 +219,7 @@ class TensorBoardTracker:
         from tensorboard.compat.proto.tensor_pb2 import TensorProto
         from tensorboard.compat.proto.tensor_shape_pb2 import TensorShapeProto
         from tensorboard.plugins.text.plugin_data_pb2 import TextPluginData
-        from tensorboard.summary.writer.event_file_writer import EventFileWriter
+        from tensorboard.summary.writer.record_writer import RecordWriter
 
         self._event = event_pb2.Event
         self._summary = summary_pb2.Summary
@@ -223,7 +228,17 @@ class TensorBoardTracker:
         self._shape = TensorShapeProto
         self._text_plugin = TextPluginData
         self.log_dir = log_dir
-        self._writer = EventFileWriter(log_dir, max_queue_size=100, flush_secs=10)
+        os.makedirs(log_dir, exist_ok=True)
+        fname = f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}.{id(self)}"
+        self._writer = RecordWriter(open(os.path.join(log_dir, fname), "wb"))  # noqa: SIM115 (closed in close())
+        self._write(self._event(wall_time=time.time(), file_version="brain.Event:2"))
+        self.flush()
+
+    def _write(self, event: Any) -> None:
+        self._writer.write(event.SerializeToString())
+
+    def flush(self) -> None:
+        self._writer.flush()
 
     def log_params(self, flat: dict[str, Any]) -> None:
         rows = ["| key | value |", "|---|---|"]
@@ -239,20 +254,19 @@ class TensorBoardTracker:
         value = self._summary.Value(
             tag="config/text_summary", metadata=self._metadata(plugin_data=plugin), tensor=tensor
         )
-        self._writer.add_event(
-            self._event(wall_time=time.time(), step=0, summary=self._summary(value=[value]))
-        )
+        self._write(self._event(wall_time=time.time(), step=0, summary=self._summary(value=[value])))
 
     def log_metrics(self, metrics: dict[str, Any], step: int) -> None:
         values = [self._summary.Value(tag=k, simple_value=v) for k, v in numeric_metrics(metrics).items()]
         if values:
             summary = self._summary(value=values)
-            self._writer.add_event(self._event(wall_time=time.time(), step=step, summary=summary))
+            self._write(self._event(wall_time=time.time(), step=step, summary=summary))
 
     def log_artifact(self, path: str, name: str) -> None:
         log.debug("tensorboard: artifacts are not supported; skipping %s", name)
 
     def close(self, status: str = "FINISHED") -> None:
+        self._writer.flush()
         self._writer.close()
 
 
@@ -283,7 +297,6 @@ class MlflowTracker:
         self._max_params = getattr(validation, "MAX_PARAMS_TAGS_PER_BATCH", 100)
         self._max_metrics = getattr(validation, "MAX_METRICS_PER_BATCH", 1000)
         self._pending: list[Any] = []
-        self._last_flush = time.monotonic()
         self.cfg = cfg
         self.tracking_uri = tracking_uri
         self.client = MlflowClient(tracking_uri=tracking_uri)
@@ -354,22 +367,15 @@ class MlflowTracker:
         self._pending += [
             self._metric_cls(self._key(k), v, now, step) for k, v in numeric_metrics(metrics).items()
         ]
-        if len(self._pending) >= self._max_metrics:
-            self.flush(force=True)
 
-    def flush(self, force: bool = False) -> None:
-        """Send buffered metrics: one request per ``flush_interval_s`` rather than one per step."""
-        if not self._pending or (
-            not force and time.monotonic() - self._last_flush < self.cfg.flush_interval_s
-        ):
-            return
+    def flush(self) -> None:
+        """Send the buffered metrics: one request per batch of queued calls rather than one per step."""
         pending, self._pending = self._pending, []
         for i in range(0, len(pending), self._max_metrics):
             self.client.log_batch(self.run_id, metrics=pending[i : i + self._max_metrics])
-        self._last_flush = time.monotonic()
 
     def log_artifact(self, path: str, name: str) -> None:
-        self.flush(force=True)
+        self.flush()
         if not self.cfg.log_artifacts:
             return
         local, tmp = _materialize(path)
@@ -383,7 +389,7 @@ class MlflowTracker:
                 shutil.rmtree(tmp, ignore_errors=True)
 
     def close(self, status: str = "FINISHED") -> None:
-        self.flush(force=True)
+        self.flush()
         self.client.set_terminated(self.run_id, status=status)
 
 
@@ -467,18 +473,23 @@ def wandb_mode(cfg: WandbConfig) -> str:
 
 
 _STOP = object()
-_IDLE_FLUSH_S = 1.0  # how often an idle worker lets a buffering backend (MLflow) send what it holds
 
 
 class _Worker:
-    """Runs one backend's calls on its own thread, in order; the first failure disables it (one warning)."""
+    """Runs one backend's calls on its own thread, in order, in batches every ``interval`` seconds.
 
-    def __init__(self, backend: Tracker, queue_size: int) -> None:
+    Batching keeps the training thread's cost to a queue append: the worker wakes once per interval rather
+    than once per step. The first failure disables the backend (one warning); a full queue drops calls.
+    """
+
+    def __init__(self, backend: Tracker, queue_size: int, interval: float) -> None:
         self.backend = backend
         self.name = backend.name
         self.disabled = False
         self.dropped = 0
+        self._interval = interval
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=queue_size)
+        self._wake = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"tracking-{self.name}", daemon=True)
         self._thread.start()
 
@@ -500,37 +511,50 @@ class _Worker:
     def _run(self) -> None:
         flush = getattr(self.backend, "flush", None)
         while True:
-            try:
-                item = self._queue.get(timeout=_IDLE_FLUSH_S) if flush else self._queue.get()
-            except queue.Empty:
-                item = ("flush", ())
-            if item is _STOP:
+            self._wake.wait(self._interval)
+            self._wake.clear()
+            stop = False
+            while not stop:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is _STOP:
+                    stop = True
+                else:
+                    self._call(*item)
+            if stop:  # close() ran last and flushed
                 return
-            method, args = item
-            if self.disabled:
-                continue
-            try:
-                getattr(self.backend, method)(*args)
-            except Exception as exc:
-                self.disabled = True
-                log.warning(
-                    "tracking: %s failed in %s (%s: %s); disabled for the rest of this run. Fix: %s",
-                    self.name,
-                    method,
-                    type(exc).__name__,
-                    _redact_uri(str(exc)),
-                    getattr(self.backend, "fix", "see the error"),
-                )
+            if flush is not None:
+                self._call("flush", ())
+
+    def _call(self, method: str, args: tuple[Any, ...]) -> None:
+        if self.disabled:
+            return
+        try:
+            getattr(self.backend, method)(*args)
+        except Exception as exc:
+            self.disabled = True
+            log.warning(
+                "tracking: %s failed in %s (%s: %s); disabled for the rest of this run. Fix: %s",
+                self.name,
+                method,
+                type(exc).__name__,
+                _redact_uri(str(exc)),
+                getattr(self.backend, "fix", "see the error"),
+            )
 
     def close(self, status: str, timeout: float) -> bool:
-        """Flush pending calls, close the backend; False when it did not finish within ``timeout``."""
+        """Run pending calls, close the backend; False when it did not finish within ``timeout``."""
         deadline = time.monotonic() + timeout
+        self._wake.set()
         try:
             if not self.disabled:
                 self._queue.put(("close", (status,)), timeout=timeout)
             self._queue.put(_STOP, timeout=max(0.0, deadline - time.monotonic()))
         except queue.Full:
             pass
+        self._wake.set()
         self._thread.join(max(0.0, deadline - time.monotonic()))
         if self.dropped:
             log.warning("tracking: %s dropped %d calls because its queue was full", self.name, self.dropped)
@@ -545,7 +569,8 @@ class _Worker:
 class MultiTracker:
     """Fans calls out to the active backends; a no-op when there are none (non-rank-0, or none configured).
 
-    Every method returns at once (calls are queued per backend); ``close()`` flushes and waits.
+    Every method returns at once (calls are queued per backend and delivered every ``flush_interval_s``);
+    ``close()`` delivers what is pending and waits.
     """
 
     def __init__(
@@ -554,8 +579,9 @@ class MultiTracker:
         queue_size: int = 10000,
         close_timeout_s: float = 120.0,
         mirrors: list[_Mirror] | None = None,
+        flush_interval_s: float = 1.0,
     ) -> None:
-        self._workers = [_Worker(b, queue_size) for b in backends or []]
+        self._workers = [_Worker(b, queue_size, flush_interval_s) for b in backends or []]
         self._mirrors = list(mirrors or [])
         self.close_timeout_s = close_timeout_s
         self._closed = False
@@ -710,7 +736,11 @@ def make_trackers(
         b for b in (_start_backend(n, cfg, run_dir, run_name, mirrors) for n in names) if b is not None
     ]
     tracker = MultiTracker(
-        backends, queue_size=cfg.queue_size, close_timeout_s=cfg.close_timeout_s, mirrors=mirrors
+        backends,
+        queue_size=cfg.queue_size,
+        close_timeout_s=cfg.close_timeout_s,
+        mirrors=mirrors,
+        flush_interval_s=cfg.flush_interval_s,
     )
     if backends:
         log.info("tracking: %s", ", ".join(b.name for b in backends))

@@ -34,7 +34,6 @@ class MlflowConfig:
     tracking_uri: str | None = None  # http(s)://server, sqlite:///db, file:/dir; null: file:<run_dir>/mlruns
     experiment_name: str = "framework"  # created when missing
     log_artifacts: bool = True  # upload the final adapter/model dir to the run's artifact store
-    flush_interval_s: float = 5.0  # metrics are sent in one batch per interval (0: every step)
 
 
 @dataclass
@@ -65,9 +64,8 @@ class TrackingConfig:
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
     prometheus: PrometheusConfig = field(default_factory=PrometheusConfig)
-    queue_size: int = (
-        10000  # per-tracker buffer of pending calls; when full, metrics are dropped (warned once)
-    )
+    flush_interval_s: float = 1.0  # trackers get the queued calls in batches this often (MLflow: 1 request)
+    queue_size: int = 10000  # pending calls buffered per tracker; when full, calls are dropped (warned once)
     close_timeout_s: float = 120.0  # max wait per tracker for pending logs at close
 
     def active_backends(self) -> list[str]:
@@ -92,6 +90,8 @@ def tracking_problems(cfg: TrackingConfig) -> list[str]:
         )
     if not 0 <= cfg.prometheus.port <= 65535:
         problems.append(f"tracking.prometheus.port: {cfg.prometheus.port} is not in 0..65535")
+    if cfg.flush_interval_s <= 0:
+        problems.append(f"tracking.flush_interval_s: {cfg.flush_interval_s} must be > 0")
     if cfg.queue_size < 1:
         problems.append(f"tracking.queue_size: {cfg.queue_size} must be >= 1")
     return problems

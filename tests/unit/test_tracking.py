@@ -44,13 +44,17 @@ def _wandb_env(mp: pytest.MonkeyPatch, base: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def tracked_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, list[str]]]:
+def tracked_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, list[str], list[str]]]:
     """One run logged to all three trackers (the slow imports and W&B's service are paid once)."""
     base = tmp_path_factory.mktemp("tracked")
     run_dir = base / "run"
     (run_dir / "adapter").mkdir(parents=True)
     (run_dir / "adapter" / "adapter_model.safetensors").write_bytes(b"\0" * 64)
     (run_dir / "adapter" / "adapter_config.json").write_text("{}")
+    warnings: list[str] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: warnings.append(record.getMessage())  # type: ignore[method-assign]
+    logging.getLogger("framework.tracking").addHandler(handler)
     with pytest.MonkeyPatch.context() as mp:
         _wandb_env(mp, base)
         cfg = TrackingConfig(backends=["tensorboard", "mlflow", "wandb"])
@@ -61,13 +65,16 @@ def tracked_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path
         tracker.log_metrics(EVAL, EVAL["step"])
         tracker.log_artifact(str(run_dir / "adapter"), "adapter")
         tracker.close()
-        yield run_dir, started
+        logging.getLogger("framework.tracking").removeHandler(handler)
+        assert tracker.backends == started  # none failed on the way, close included
+        yield run_dir, started, warnings
 
 
-def test_all_backends_start(tracked_run: tuple[Path, list[str]]) -> None:
-    _, started = tracked_run
+def test_all_backends_start(tracked_run: tuple[Path, list[str], list[str]]) -> None:
+    _, started, warnings = tracked_run
     expected = ["tensorboard", "mlflow"] + (["wandb"] if _has("wandb") else [])
     assert started == expected
+    assert len(warnings) == (0 if _has("wandb") else 1), warnings  # only a missing wandb may warn
 
 
 def _has(module: str) -> bool:
@@ -78,10 +85,10 @@ def _has(module: str) -> bool:
     return True
 
 
-def test_tensorboard_event_files(tracked_run: tuple[Path, list[str]]) -> None:
+def test_tensorboard_event_files(tracked_run: tuple[Path, list[str], list[str]]) -> None:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    run_dir, _ = tracked_run
+    run_dir, _, _ = tracked_run
     acc = EventAccumulator(str(run_dir / "tensorboard"))
     acc.Reload()
     tags = acc.Tags()
@@ -94,10 +101,10 @@ def test_tensorboard_event_files(tracked_run: tuple[Path, list[str]]) -> None:
     assert "| optim.lr | 0.001 |" in text and "hf_SECRET" not in text
 
 
-def test_mlflow_file_store(tracked_run: tuple[Path, list[str]]) -> None:
+def test_mlflow_file_store(tracked_run: tuple[Path, list[str], list[str]]) -> None:
     from mlflow.tracking import MlflowClient
 
-    run_dir, _ = tracked_run
+    run_dir, _, _ = tracked_run
     client = MlflowClient(tracking_uri=f"file:{run_dir / 'mlruns'}")
     experiment = client.get_experiment_by_name("framework")
     assert experiment is not None
@@ -116,9 +123,9 @@ def test_mlflow_file_store(tracked_run: tuple[Path, list[str]]) -> None:
     assert sorted(files) == ["adapter/adapter_config.json", "adapter/adapter_model.safetensors"]
 
 
-def test_wandb_offline_run_dir(tracked_run: tuple[Path, list[str]]) -> None:
+def test_wandb_offline_run_dir(tracked_run: tuple[Path, list[str], list[str]]) -> None:
     pytest.importorskip("wandb", reason="wandb is not installed")
-    run_dir, _ = tracked_run
+    run_dir, _, _ = tracked_run
     (offline,) = (run_dir / "wandb").glob("offline-run-*")
     (records,) = offline.glob("run-*.wandb")
     data = records.read_bytes()
@@ -251,14 +258,14 @@ def test_mlflow_resumes_the_run_of_the_same_run_dir(tmp_path: Path) -> None:
     from mlflow.tracking import MlflowClient
 
     cfg = TrackingConfig(backends=["mlflow"])
-    cfg.mlflow.flush_interval_s = 0.0
+    cfg.flush_interval_s = 0.2
     first = make_trackers(cfg, str(tmp_path), "r", {"optim": {"lr": 0.1}}, True)
     first.log_metrics({"loss": 3.0}, 1)
     client = MlflowClient(tracking_uri=f"file:{tmp_path / 'mlruns'}")
     experiment_id = client.get_experiment_by_name("framework").experiment_id
     deadline = time.monotonic() + 5
     while not client.search_runs([experiment_id])[0].data.metrics and time.monotonic() < deadline:
-        time.sleep(0.1)  # buffered metrics are sent by the idle worker, before close
+        time.sleep(0.1)  # sent with the worker's next batch, before close
     assert client.search_runs([experiment_id])[0].data.metrics == {"loss": 3.0}
     first.close("KILLED")
     second = make_trackers(cfg, str(tmp_path), "r", {"optim": {"lr": 0.2}, "extra": 1}, True)
