@@ -67,16 +67,24 @@ def new_sweep_id() -> str:
     return "s" + secrets.token_hex(3)[:5]
 
 
-def git_commit(cwd: str | None = None) -> str | None:
-    """HEAD of the checkout the job is launched from (a label on every object), or None outside git."""
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=5, check=False
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    sha = out.stdout.strip()
-    return sha if out.returncode == 0 and len(sha) == 40 else None
+def git_commit() -> str | None:
+    """HEAD of the checkout this code runs from (else of the working directory), or None outside git."""
+    for where in (Path(__file__).resolve().parent, Path.cwd()):
+        try:
+            out = subprocess.run(
+                ["git", "rev-parse", "HEAD"],
+                cwd=where,
+                capture_output=True,
+                text=True,
+                timeout=5,
+                check=False,
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        sha = out.stdout.strip()
+        if out.returncode == 0 and len(sha) == 40:
+            return sha
+    return None
 
 
 def _validate(cfg: DictConfig) -> None:
