@@ -216,7 +216,7 @@ def main() -> int:
         "load_avg_1m": os.getloadavg()[0],
         "cpus": os.cpu_count(),
     }
-    print(f"tracking: {', '.join(result['backends'])} + prometheus; torch threads {result['torch_threads']}")
+    print(f"tracking: {', '.join(tracker.backends)} + prometheus; torch threads {torch.get_num_threads()}")
     print(
         f"steps per mode: {len(base)} ({args.rounds} rounds x {args.steps}, ABBA); /metrics scrapes: {scrapes[0]}; "
         f"load average {result['load_avg_1m']:.1f} on {result['cpus']} CPUs"

@@ -160,9 +160,9 @@ def _label_jobs(fs: Any, jobs: list[JobMetrics], job_dirs: list[str]) -> None:
         for k in keys
         if not _RUN_SPECIFIC.match(k) and len({_fmt_value(c.get(k, "<unset>")) for c in configs}) > 1
     ]
-    for job, cfg, ovr in zip(jobs, configs, overrides, strict=True):
-        if ovr is not None:
-            job.label = " ".join(ovr) or "(no overrides)"
+    for job, cfg, maybe in zip(jobs, configs, overrides, strict=True):
+        if maybe is not None:
+            job.label = " ".join(maybe) or "(no overrides)"
         elif differing:
             job.label = " ".join(f"{k}={_fmt_value(cfg.get(k, '<unset>'))}" for k in differing)
         else:

@@ -93,7 +93,7 @@ def _to_plain(config: Any) -> dict[str, Any]:
     plain = OmegaConf.to_container(
         OmegaConf.create(config) if not _is_omegaconf(config) else config, resolve=True
     )
-    return plain if isinstance(plain, dict) else {}
+    return {str(k): v for k, v in plain.items()} if isinstance(plain, dict) else {}
 
 
 def _is_omegaconf(obj: Any) -> bool:

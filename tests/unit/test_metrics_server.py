@@ -8,7 +8,9 @@ import re
 import sys
 import types
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -24,7 +26,7 @@ from framework.metrics_server import (
 from framework.tracking_config import PrometheusConfig
 
 DASHBOARD = Path(__file__).resolve().parents[2] / "dashboards" / "grafana-training.json"
-ALL_VALUES = {
+ALL_VALUES: dict[str, Any] = {
     "step": 10,
     "loss": 2.5,
     "eval_loss": 2.7,
@@ -54,7 +56,7 @@ def scrape(server: MetricsServer) -> dict[str, float]:
 
 
 @pytest.fixture
-def server() -> MetricsServer:
+def server() -> Iterator[MetricsServer]:
     srv = start_metrics_server(0, host="127.0.0.1", labels={"run_name": "demo", "node_rank": 1})
     yield srv
     srv.stop()

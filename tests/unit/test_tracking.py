@@ -28,11 +28,11 @@ RESOLVED = {
     "storage": {"hf_token": "hf_SECRET", "secret_access_key": "AWS_SECRET"},
     "long": "x" * 7000,
 }
-TRAIN = [
+TRAIN: list[dict[str, Any]] = [
     {"step": s, "loss": 4.0 - 0.5 * s, "lr": 1e-3, "tokens_per_s": 1000.0 + s, "split": "train"}
     for s in range(1, 5)
 ]
-EVAL = {"step": 4, "eval_loss": 2.5, "perplexity": 12.18}
+EVAL: dict[str, Any] = {"step": 4, "eval_loss": 2.5, "perplexity": 12.18}
 
 
 def _wandb_env(mp: pytest.MonkeyPatch, base: Path) -> None:
@@ -262,7 +262,9 @@ def test_mlflow_resumes_the_run_of_the_same_run_dir(tmp_path: Path) -> None:
     first = make_trackers(cfg, str(tmp_path), "r", {"optim": {"lr": 0.1}}, True)
     first.log_metrics({"loss": 3.0}, 1)
     client = MlflowClient(tracking_uri=f"file:{tmp_path / 'mlruns'}")
-    experiment_id = client.get_experiment_by_name("framework").experiment_id
+    experiment = client.get_experiment_by_name("framework")
+    assert experiment is not None
+    experiment_id = experiment.experiment_id
     deadline = time.monotonic() + 5
     while not client.search_runs([experiment_id])[0].data.metrics and time.monotonic() < deadline:
         time.sleep(0.1)  # sent with the worker's next batch, before close
