@@ -250,6 +250,7 @@ def plot(jobs: Sequence[JobMetrics], out: str, title: str) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, (ax_train, ax_eval) = plt.subplots(1, 2, figsize=(13, 5.2), constrained_layout=True)
     cmap = plt.get_cmap("tab10" if len(jobs) <= 10 else "tab20")
@@ -268,6 +269,7 @@ def plot(jobs: Sequence[JobMetrics], out: str, title: str) -> None:
     ):
         ax.set_title(name)
         ax.set_xlabel("step")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(name)
         ax.grid(True, alpha=0.3)
         if has:
