@@ -263,10 +263,15 @@ def plot(jobs: Sequence[JobMetrics], out: str, title: str) -> None:
         if job.eval:
             steps, values = zip(*job.eval, strict=True)
             ax_eval.plot(steps, values, color=color, linewidth=1.4, marker="o", markersize=4, label=label)
-    for ax, name, has in (
-        (ax_train, "train loss", any(j.train for j in jobs)),
-        (ax_eval, "eval loss", any(j.eval for j in jobs)),
+    for ax, name, points in (
+        (ax_train, "train loss", [p for j in jobs for p in j.train]),
+        (ax_eval, "eval loss", [p for j in jobs for p in j.eval]),
     ):
+        has = bool(points)
+        steps_seen = {s for s, _ in points}
+        if len(steps_seen) == 1:  # one point: give the axis integer room either side
+            only = steps_seen.pop()
+            ax.set_xlim(only - 1, only + 1)
         ax.set_title(name)
         ax.set_xlabel("step")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
