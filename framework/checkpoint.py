@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from framework import distributed as dist
-from framework.errors import CheckpointError
+from framework.errors import CheckpointError, ConfigError
 
 log = logging.getLogger(__name__)
 TAG_RE = re.compile(r"^step_(\d+)$")
@@ -70,7 +70,13 @@ def read_latest(ckpt_root: Path) -> str | None:
 
 
 def save(
-    engine: Any, ckpt_root: Path, step: int, client_state: dict[str, Any], *, commit: bool = True
+    engine: Any,
+    ckpt_root: Path,
+    step: int,
+    client_state: dict[str, Any],
+    *,
+    meta: dict[str, Any],
+    commit: bool = True,
 ) -> str:
     """Save every rank's shard, then (rank 0, after a barrier) the manifest and, if ``commit``, ``latest``.
 
@@ -89,7 +95,8 @@ def save(
             for p in sorted((ckpt_root / tag).rglob("*"))
             if p.is_file()
         }
-        _atomic_write(ckpt_root / tag / MANIFEST, json.dumps({"step": step, "files": files}, indent=1))
+        doc = {"step": step, "meta": meta, "files": files}
+        _atomic_write(ckpt_root / tag / MANIFEST, json.dumps(doc, indent=1))
         if commit:
             _atomic_write(ckpt_root / LATEST, tag)
     dist.barrier()
@@ -111,11 +118,23 @@ def verify(ckpt_root: Path, tag: str) -> None:
         raise CheckpointError(f"checkpoint {ckpt_root / tag} is damaged: missing or truncated {bad[:5]}")
 
 
-def load(engine: Any, ckpt_root: Path, tag: str) -> dict[str, Any]:
-    """Restore weights, optimizer, scheduler and RNG; return the client state (step, data position)."""
+def load(engine: Any, ckpt_root: Path, tag: str, *, expect: dict[str, Any]) -> dict[str, Any]:
+    """Restore weights, optimizer, scheduler and RNG; return the client state (step, data position).
+
+    ``expect`` (model, recipe, LoRA rank, world size, ZeRO stage) is checked against what the checkpoint was
+    written with before anything is loaded, so a changed config fails clearly instead of loading garbage.
+    """
     import torch
 
     verify(ckpt_root, tag)
+    saved = json.loads((ckpt_root / tag / MANIFEST).read_text()).get("meta", {})
+    diff = {k: (saved.get(k), v) for k, v in expect.items() if saved.get(k) != v}
+    if diff:
+        detail = ", ".join(f"{k}: checkpoint {a!r} vs run {b!r}" for k, (a, b) in diff.items())
+        raise ConfigError(
+            f"checkpoint {ckpt_root / tag} does not fit this run ({detail}); resume with the config it was "
+            "written with, point resume= at another checkpoint, or start over with resume=none"
+        )
     try:
         path, client_state = engine.load_checkpoint(
             str(ckpt_root), tag=tag, load_optimizer_states=True, load_lr_scheduler_states=True
@@ -212,11 +231,10 @@ class RemoteSync:
         if tag is None or not dist.is_rank0():
             return
         remote_tag = storage.join(self.remote_root, tag)
-        files = {k: v for k, v in storage.manifest(remote_tag).items() if k != MANIFEST}
-        step = int(TAG_RE.match(tag).group(1))  # type: ignore[union-attr]
-        storage.write_text_atomic(
-            storage.join(remote_tag, MANIFEST), json.dumps({"step": step, "files": files}, indent=1)
-        )
+        doc = json.loads((self.local_root / tag / MANIFEST).read_text())
+        # List what the store holds (every node's shards), not just what this node wrote.
+        doc["files"] = {k: v for k, v in storage.manifest(remote_tag).items() if k != MANIFEST}
+        storage.write_text_atomic(storage.join(remote_tag, MANIFEST), json.dumps(doc, indent=1))
         storage.write_text_atomic(storage.join(self.remote_root, LATEST), tag)
         log.info("Checkpoint %s committed to %s", tag, self.remote_root)
         prune_remote(self.remote_root, keep_last, latest=tag)

@@ -313,6 +313,17 @@ def micro_step(engine: Any, rows: list[data.Sequence]) -> Any:
     return out.loss.detach()
 
 
+def compat_state(cfg: DictConfig) -> dict[str, Any]:
+    """What a checkpoint must agree on with the run that loads it (else the weights would load as garbage)."""
+    return {
+        "world_size": dist.world_size(),
+        "model": cfg.model.name,
+        "finetune": cfg.recipe.finetune,
+        "lora_r": cfg.lora.r if cfg.recipe.finetune == "lora" and cfg.lora is not None else None,
+        "zero_stage": cfg.hardware.zero_stage,
+    }
+
+
 def resolve_resume(cfg: DictConfig, run: RunDir) -> tuple[Path, str] | None:
     """Which checkpoint to resume from: auto (latest if any) | none | <step> | <path to a checkpoint dir>."""
     mode = str(cfg.resume)
@@ -416,14 +427,7 @@ def train(
     resume_from = resolve_resume(cfg, run)
     if resume_from is not None:
         root, tag = resume_from
-        state = checkpoint.load(engine, root, tag)
-        expected = {"world_size": dist.world_size(), "model": cfg.model.name, "finetune": cfg.recipe.finetune}
-        saved = {k: state.get(k) for k in expected}
-        if saved != expected:
-            raise ConfigError(
-                f"checkpoint {root / tag} was written with {saved}, this run has {expected}; resume with the "
-                "same model, recipe and world size, or start over with resume=none"
-            )
+        state = checkpoint.load(engine, root, tag, expect=compat_state(cfg))
         step, consumed = int(state["step"]), int(state["consumed"])
         if rank0:
             log.info(
@@ -454,11 +458,9 @@ def train(
         return {
             "step": step,
             "consumed": consumed,
-            "world_size": dist.world_size(),
-            "model": cfg.model.name,
-            "finetune": cfg.recipe.finetune,
         }
 
+    compat = compat_state(cfg)
     remote = checkpoint.RemoteSync(run.checkpoints, run.remote_checkpoints) if run.remote else None
 
     def save_checkpoint(blocking: bool = False) -> None:
@@ -466,7 +468,7 @@ def train(
         if remote is not None and remote.tag is not None:
             remote.sync(cfg.train.keep_last)  # the previous upload must land before a new one starts
             publish_metrics()
-        checkpoint.save(engine, run.checkpoints, step, client_state(), commit=remote is None)
+        checkpoint.save(engine, run.checkpoints, step, client_state(), meta=compat, commit=remote is None)
         checkpoint.prune(run.checkpoints, cfg.train.keep_last)
         if rank0:
             log.info("Checkpoint step_%d saved in %.2fs", step, time.time() - t0)

@@ -52,6 +52,17 @@ def test_run_directory_contract(lora_run: Path) -> None:
     assert (lora_run / "adapter" / "adapter_config.json").is_file()
 
 
+def test_resume_with_incompatible_config_fails_clearly(lora_run: Path, tmp_path: Path) -> None:
+    import shutil
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(lora_run / "checkpoints", run_dir / "checkpoints")
+    res = run_cli([*SHORT, "train.max_steps=40", "lora.r=16", f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+    assert res.returncode == 2, res.stderr[-3000:]
+    assert "does not fit this run (lora_r: checkpoint 8 vs run 16)" in res.stderr
+    assert "resume=none" in res.stderr
+
+
 def test_adapter_loads_with_peft(lora_run: Path) -> None:
     import torch
     from omegaconf import OmegaConf
