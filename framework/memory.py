@@ -240,11 +240,18 @@ def logits_bytes(cfg: Any) -> float:
     tokens = int(_get(cfg, "train.micro_batch_size", 1)) * int(_get(cfg, "dataset.max_seq_len", 2048))
     if not _get(cfg, "model.fused_linear_ce", False):
         return float(tokens * ((b + 12) * s.vocab + 8))
-    # selected hidden states, their stored gradient, one chunk of fp32 logits (+ its cast): ~ (8 + 3b) H per
-    # token; and the head weight's fp32 gradient accumulator (+ a per-chunk temporary) when it is trained.
-    per_token = (4 + 3 * b) * s.hidden + 8
+    # The labelled hidden states and their stored gradient (2b H per token), one chunk of fp32 logits and its
+    # cast to the model dtype, and the head weight's fp32 gradient (+ a per-chunk temporary) when it is trained.
+    chunk = fused_chunk_tokens(tokens, s.hidden, s.vocab)
     head = (4 + (b if b != 4 else 0)) * s.vocab * s.hidden if param_counts(cfg).head_trainable else 0
-    return float(tokens * per_token + head)
+    return float(tokens * (2 * b * s.hidden + 8) + chunk * s.vocab * (4 + b) + head)
+
+
+def fused_chunk_tokens(n_tokens: int, hidden: int, vocab: int, min_chunk: int = 1024) -> int:
+    """The chunk framework.kernels.default_chunk_tokens picks (same arithmetic; that module imports torch)."""
+    factor = max(1, -(-vocab // max(hidden, 1)))
+    want = max(1, -(-n_tokens // factor))
+    return min(n_tokens, max(min_chunk, 1 << (want - 1).bit_length())) if n_tokens else 0
 
 
 def estimate(cfg: Any) -> Estimate:
