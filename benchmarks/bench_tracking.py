@@ -63,16 +63,17 @@ class Workload:
 
 
 def calibrate(step_ms: float, n: int = 384) -> Workload:
+    """Size the workload by CPU time of this thread, which other processes' load does not inflate."""
     probe = Workload(n, 1)
     for _ in range(5):
         probe()
     samples = []
     for _ in range(40):
-        t0 = time.perf_counter()
+        t0 = time.thread_time()
         probe()
-        samples.append(time.perf_counter() - t0)
-    per_rep = statistics.median(samples)  # robust to bursts of load from other processes
-    return Workload(n, max(1, round(step_ms / 1000 / per_rep)))
+        samples.append(time.thread_time() - t0)
+    per_rep = statistics.median(samples)
+    return Workload(n, max(1, round(step_ms / 1000 / max(per_rep, 1e-6))))
 
 
 def run_block(
@@ -130,7 +131,13 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=16, help="(baseline, tracked) block pairs, in ABBA order")
     ap.add_argument("--backends", default="tensorboard,mlflow,wandb")
     ap.add_argument("--scrape-s", type=float, default=1.0, help="seconds between /metrics scrapes")
-    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (0: torch's default). 1 by default: a GPU node's training thread leaves CPU cores "
+        "free, and multi-threaded matmuls on a shared box measure the scheduler more than the trackers",
+    )
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args()
     if args.threads:
@@ -216,7 +223,10 @@ def main() -> int:
         "load_avg_1m": os.getloadavg()[0],
         "cpus": os.cpu_count(),
     }
-    print(f"tracking: {', '.join(tracker.backends)} + prometheus; torch threads {torch.get_num_threads()}")
+    print(
+        f"tracking: {', '.join(tracker.backends)} + prometheus; torch threads {torch.get_num_threads()}; "
+        f"step = {work.reps} x ({work.a.shape[0]}^2 matmul + tanh)"
+    )
     print(
         f"steps per mode: {len(base)} ({args.rounds} rounds x {args.steps}, ABBA); /metrics scrapes: {scrapes[0]}; "
         f"load average {result['load_avg_1m']:.1f} on {result['cpus']} CPUs"
