@@ -229,7 +229,9 @@ def activation_bytes(cfg: Any) -> float:
     if pc.norms_trainable:
         per_token += b * s.hidden
     if pc.head_trainable:
-        per_token += b * s.hidden + 8  # LM head input for its weight gradient; token ids for the embedding's
+        per_token += 8  # token ids, for the embedding's gradient
+        if not _get(cfg, "model.fused_linear_ce", False):
+            per_token += b * s.hidden  # the LM head's input, for its weight gradient (fused: in logits_bytes)
     return per_token * tokens
 
 
@@ -243,8 +245,9 @@ def logits_bytes(cfg: Any) -> float:
     # The labelled hidden states and their stored gradient (2b H per token), one chunk of fp32 logits and its
     # cast to the model dtype, and the head weight's fp32 gradient (+ a per-chunk temporary) when it is trained.
     chunk = fused_chunk_tokens(tokens, s.hidden, s.vocab)
-    head = (4 + (b if b != 4 else 0)) * s.vocab * s.hidden if param_counts(cfg).head_trainable else 0
-    return float(tokens * (2 * b * s.hidden + 8) + chunk * s.vocab * (4 + b) + head)
+    cast = b if b != 4 else 0  # fp32 models need no cast copy
+    head = (4 + cast) * s.vocab * s.hidden if param_counts(cfg).head_trainable else 0
+    return float(tokens * (2 * b * s.hidden + 8) + chunk * s.vocab * (4 + cast) + head)
 
 
 def fused_chunk_tokens(n_tokens: int, hidden: int, vocab: int, min_chunk: int = 1024) -> int:
