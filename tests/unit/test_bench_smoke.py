@@ -1,0 +1,121 @@
+"""benchmarks/bench_throughput.py: its arithmetic (fast) and a real tiny run with every row (integration)."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import random
+import subprocess
+import sys
+from types import ModuleType
+
+import pytest
+
+from framework import dataset as data
+from tests.helpers import ROOT
+
+SCRIPT = ROOT / "benchmarks" / "bench_throughput.py"
+
+
+def _load() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("bench_throughput", SCRIPT)
+    assert spec and spec.loader
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["bench_throughput"] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+bt = _load()
+
+
+def test_lengths_are_instruction_like_and_scaled() -> None:
+    rng = random.Random(0)
+    big = bt.sample_lengths(4000, 2048, rng)
+    assert min(big) >= 32 and max(big) <= 2048
+    med = sorted(big)[len(big) // 2]
+    assert 200 < med < 450  # log-normal, median ~300
+    tiny = bt.sample_lengths(4000, 256, rng)
+    assert min(tiny) >= 4 and max(tiny) <= 256 and 25 < sorted(tiny)[2000] < 60
+
+
+def test_examples_padding_and_document_lengths() -> None:
+    ex = bt.make_examples("varlen", 16, 256, 100, seed=1)
+    assert all(e.labels[0] == data.IGNORE_INDEX for e in ex)  # a prompt with no loss
+    batches = bt.padded_batches(ex, 4, pad_id=0)
+    assert len(batches) == 4
+    batch, real = batches[0]
+    lens = [len(e.input_ids) for e in ex[:4]]
+    assert batch["input_ids"].shape == (4, max(lens)) and real == sum(lens)
+    assert bt.doc_lengths_padded(batch) == lens
+    rows = data.pack(ex, 256, 0, True, 0)
+    assert sorted(bt.doc_lengths_packed(rows)) == sorted(len(e.input_ids) for e in ex)
+    full = bt.make_examples("full", 3, 64, 100, seed=1)
+    assert all(len(e.input_ids) == 64 and e.labels == e.input_ids for e in full)
+
+
+def test_flop_formula() -> None:
+    from framework import memory
+
+    full = bt.compose("tiny", "full", "cpu")
+    lora = bt.compose("tiny", "lora", "cpu")
+    s = memory.shapes(full)
+    n_mm = s.matmul_params()
+    attn = 12 * s.layers * s.q_dim * 10 * 11 / 2
+    assert bt.flops_per_doc(full, 10) == 6 * n_mm * 10 + attn  # the classic 6N, causal attention
+    n_lora = memory.param_counts(lora).lora
+    assert n_lora > 0
+    assert bt.flops_per_doc(lora, 10) == (4 * n_mm + 6 * n_lora) * 10 + attn
+    # packing: two documents of 5 cost less attention than one of 10
+    assert 2 * bt.flops_per_doc(full, 5) < bt.flops_per_doc(full, 10)
+
+
+def test_report_ratios_against_best_baseline() -> None:
+    R = bt.Result
+    results = [
+        R("hf+peft", "lora", "full", tokens_per_s=100.0),
+        R("hf+peft+liger", "lora", "full", note="skipped: no GPU"),
+        R("deepspeed", "lora", "full", tokens_per_s=120.0),
+        R("ours", "lora", "full", tokens_per_s=150.0, est_mem_gb=1.0),
+        R("ours+fast", "lora", "full", tokens_per_s=180.0),
+    ]
+    text = bt.table(results)
+    assert "1.25x" in text and "1.50x" in text and "skipped: no GPU" in text
+    assert bt.summary(results) == [
+        "full/lora: ours = 1.25x the best baseline (deepspeed, 120 tokens/s)",
+        "full/lora: ours+fast = 1.50x the best baseline (deepspeed, 120 tokens/s)",
+    ]
+
+
+@pytest.mark.integration
+def test_liger_reason_on_cpu() -> None:
+    reason = bt.liger_unavailable("cpu")
+    assert reason and ("not installed" in reason or "GPU" in reason)
+
+
+@pytest.mark.integration
+def test_tiny_run_prints_every_row() -> None:
+    """The whole benchmark at --steps 2 (about 20 s on 2 shared cores)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--shape", "tiny", "--steps", "2", "--warmup", "1", "--device", "cpu"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = proc.stdout
+    rows = [ln for ln in out.splitlines() if ln.startswith(("full ", "varlen "))]
+    assert len(rows) == 20, out
+    for kind in ("full", "varlen"):
+        for recipe in ("lora", "full"):
+            for arm in bt.ARMS:
+                match = [r for r in rows if r.split()[:3] == [kind, recipe, arm]]
+                assert len(match) == 1, (kind, recipe, arm)
+                if arm == "hf+peft+liger":
+                    assert "skipped" in match[0]
+                else:
+                    assert match[0].split()[3].replace(",", "").isdigit(), match[0]  # tokens/s measured
+            assert f"{kind}/{recipe}: ours = " in out and f"{kind}/{recipe}: ours+fast = " in out
