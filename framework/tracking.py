@@ -21,13 +21,13 @@ import hashlib
 import json
 import logging
 import os
-import queue
 import re
 import shutil
 import socket
 import tempfile
 import threading
 import time
+from collections import deque
 from collections.abc import Mapping
 from typing import Any, Protocol
 
@@ -478,8 +478,9 @@ _STOP = object()
 class _Worker:
     """Runs one backend's calls on its own thread, in order, in batches every ``interval`` seconds.
 
-    Batching keeps the training thread's cost to a queue append: the worker wakes once per interval rather
-    than once per step. The first failure disables the backend (one warning); a full queue drops calls.
+    The training thread only appends to a deque (no lock, no wake-up); the worker wakes once per interval
+    and delivers everything pending. The first failure disables the backend (one warning); when
+    ``queue_size`` calls are pending, further calls are dropped (one warning).
     """
 
     def __init__(self, backend: Tracker, queue_size: int, interval: float) -> None:
@@ -488,7 +489,8 @@ class _Worker:
         self.disabled = False
         self.dropped = 0
         self._interval = interval
-        self._queue: queue.Queue[Any] = queue.Queue(maxsize=queue_size)
+        self._max = queue_size
+        self._pending: deque[Any] = deque()
         self._wake = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"tracking-{self.name}", daemon=True)
         self._thread.start()
@@ -496,35 +498,28 @@ class _Worker:
     def submit(self, method: str, *args: Any) -> None:
         if self.disabled:
             return
-        try:
-            self._queue.put_nowait((method, args))
-        except queue.Full:
-            self.dropped += 1
-            if self.dropped == 1:
-                log.warning(
-                    "tracking: %s is falling behind (%d calls pending); dropping calls while its queue is full. "
-                    "Fix: a faster or closer tracking server, or raise tracking.queue_size",
-                    self.name,
-                    self._queue.maxsize,
-                )
+        if len(self._pending) < self._max:
+            self._pending.append((method, args))
+            return
+        self.dropped += 1
+        if self.dropped == 1:
+            log.warning(
+                "tracking: %s is falling behind (%d calls pending); dropping calls while it catches up. "
+                "Fix: a faster or closer tracking server, or raise tracking.queue_size",
+                self.name,
+                self._max,
+            )
 
     def _run(self) -> None:
         flush = getattr(self.backend, "flush", None)
         while True:
             self._wake.wait(self._interval)
             self._wake.clear()
-            stop = False
-            while not stop:
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if item is _STOP:
-                    stop = True
-                else:
-                    self._call(*item)
-            if stop:  # close() ran last and flushed
-                return
+            while self._pending:
+                item = self._pending.popleft()
+                if item is _STOP:  # close() ran just before and flushed
+                    return
+                self._call(*item)
             if flush is not None:
                 self._call("flush", ())
 
@@ -546,16 +541,10 @@ class _Worker:
 
     def close(self, status: str, timeout: float) -> bool:
         """Run pending calls, close the backend; False when it did not finish within ``timeout``."""
-        deadline = time.monotonic() + timeout
+        self._pending.append(("close", (status,)))
+        self._pending.append(_STOP)
         self._wake.set()
-        try:
-            if not self.disabled:
-                self._queue.put(("close", (status,)), timeout=timeout)
-            self._queue.put(_STOP, timeout=max(0.0, deadline - time.monotonic()))
-        except queue.Full:
-            pass
-        self._wake.set()
-        self._thread.join(max(0.0, deadline - time.monotonic()))
+        self._thread.join(timeout)
         if self.dropped:
             log.warning("tracking: %s dropped %d calls because its queue was full", self.name, self.dropped)
         if self._thread.is_alive():
