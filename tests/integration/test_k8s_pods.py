@@ -15,10 +15,10 @@ import time
 from pathlib import Path
 
 import pytest
-
 from hydra_plugins.kubernetes_launcher._render import job_name, render
+
 from tests.k8s.compose import compose
-from tests.k8s.pods import free_port, pods_of, resolve_env, start
+from tests.k8s.pods import expand, free_port, pods_of, resolve_env, start
 
 pytestmark = pytest.mark.integration
 
@@ -51,7 +51,7 @@ def test_pods_train_in_one_world(backend: str, tmp_path: Path) -> None:
         env = resolve_env(pod)
         assert env["NNODES"] == "2" and env["NPROC_PER_NODE"] == "2"
         rank_arg = next(a for a in pod.spec["containers"][0]["args"] if a.startswith("--node-rank="))
-        assert re.sub(r"\$\((\w+)\)", lambda m: env[m.group(1)], rank_arg) == f"--node-rank={pod.node_rank}"
+        assert expand(rank_arg, env) == f"--node-rank={pod.node_rank}"
 
     port = free_port()
     keep = {k: os.environ[k] for k in KEEP if k in os.environ}
@@ -67,7 +67,9 @@ def test_pods_train_in_one_world(backend: str, tmp_path: Path) -> None:
                 s.proc.wait()
     logs = {s.pod.hostname: s.log.read_text(errors="replace") for s in started}
     for s in started:
-        assert s.proc.returncode == 0, f"{s.pod.hostname} exited {s.proc.returncode}:\n{logs[s.pod.hostname][-4000:]}"
+        assert s.proc.returncode == 0, (
+            f"{s.pod.hostname} exited {s.proc.returncode}:\n{logs[s.pod.hostname][-4000:]}"
+        )
 
     rank0 = logs[pods[0].hostname]
     assert re.search(r"World: 4 process", rank0), rank0[-3000:]

@@ -44,8 +44,14 @@ def pods_of(objs: list[dict[str, Any]]) -> list[Pod]:
     name, kind, spec = main["metadata"]["name"], main["kind"], main["spec"]
     pods: list[Pod] = []
     if kind in ("Job", "JobSet"):
-        template = spec["template"] if kind == "Job" else spec["replicatedJobs"][0]["template"]["spec"]["template"]
-        count = spec["completions"] if kind == "Job" else spec["replicatedJobs"][0]["template"]["spec"]["completions"]
+        template = (
+            spec["template"] if kind == "Job" else spec["replicatedJobs"][0]["template"]["spec"]["template"]
+        )
+        count = (
+            spec["completions"]
+            if kind == "Job"
+            else spec["replicatedJobs"][0]["template"]["spec"]["completions"]
+        )
         for i in range(count):
             host = f"{name}-{i}" if kind == "Job" else f"{name}-node-0-{i}"
             meta = {
@@ -64,7 +70,11 @@ def pods_of(objs: list[dict[str, Any]]) -> list[Pod]:
         if rtype not in replicas:
             continue
         template = replicas[rtype]["template"]
-        port = next(p["containerPort"] for p in template["spec"]["containers"][0]["ports"] if p["name"] == "pytorchjob-port")
+        port = next(
+            p["containerPort"]
+            for p in template["spec"]["containers"][0]["ports"]
+            if p["name"] == "pytorchjob-port"
+        )
         for i in range(replicas[rtype]["replicas"]):
             rank = i if rtype == "Master" else i + 1
             host = f"{name}-{rtype.lower()}-{i}"
@@ -110,7 +120,10 @@ def resolve_env(pod: Pod, secrets: dict[str, dict[str, str]] | None = None) -> d
             if m:
                 env[entry["name"]] = pod.metadata[m.group(1)][m.group(2)]
             else:
-                env[entry["name"]] = {"metadata.name": pod.name, "metadata.namespace": pod.metadata["namespace"]}[path]
+                env[entry["name"]] = {
+                    "metadata.name": pod.name,
+                    "metadata.namespace": pod.metadata["namespace"],
+                }[path]
         elif "secretKeyRef" in ref:
             env[entry["name"]] = secrets[ref["secretKeyRef"]["name"]][ref["secretKeyRef"]["key"]]
     return env

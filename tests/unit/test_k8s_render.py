@@ -420,6 +420,13 @@ def test_configmap_holds_the_resolved_config_that_the_pods_validate() -> None:
     assert "hydra" not in loaded and "defaults" not in loaded
     assert loaded.optim.lr == 1e-4 and loaded.hardware.nodes == 2
     assert "${" not in cm["data"]["config.yaml"]  # fully resolved
+    expected = OmegaConf.to_container(_cfg(*RICH, "optim.lr=1e-4"), resolve=True)
+    assert isinstance(expected, dict)
+    expected.pop("hydra", None)
+    assert yaml.safe_load(cm["data"]["config.yaml"]) == expected
+    assert (
+        yaml.safe_load(OmegaConf.to_yaml(OmegaConf.create(expected))) == expected
+    )  # same as OmegaConf's YAML
     problems = validate(with_schema(loaded))
     assert [p for p in problems if "does not exist" not in p] == []
 

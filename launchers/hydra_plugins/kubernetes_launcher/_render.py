@@ -26,6 +26,7 @@ from omegaconf.errors import MissingMandatoryValue
 from framework.errors import ConfigError
 
 Manifest = dict[str, Any]
+_SafeDumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)  # libyaml when available
 
 BACKENDS = ("indexed_job", "jobset", "pytorchjob")
 MANAGED_BY = "framework-kubernetes-launcher"
@@ -174,7 +175,8 @@ def resolved_config_yaml(cfg: DictConfig) -> str:
     assert isinstance(plain, dict)
     plain.pop("hydra", None)
     _reject_secret_values(plain)
-    return OmegaConf.to_yaml(OmegaConf.create(plain))
+    # What OmegaConf.to_yaml(cfg, resolve=True) writes, with libyaml's emitter: ~10x faster for big sweeps.
+    return yaml.dump(plain, Dumper=_SafeDumper, default_flow_style=False, allow_unicode=True, sort_keys=False)
 
 
 def config_hash(config_yaml: str) -> str:
@@ -345,10 +347,9 @@ def _resources(hw: DictConfig) -> dict[str, Any]:
     return {"requests": amounts, "limits": dict(amounts)}
 
 
-def _container(cfg: DictConfig, name: str) -> dict[str, Any]:
+def _container(cfg: DictConfig, name: str, mounts: list[dict[str, Any]]) -> dict[str, Any]:
     launcher = cfg.launcher
     pytorchjob = launcher.backend == "pytorchjob"
-    _, mounts = _volumes(cfg, name)
     container: dict[str, Any] = {
         "name": PYTORCHJOB_CONTAINER if pytorchjob else CONTAINER,
         "image": str(launcher.image),
@@ -384,8 +385,8 @@ def _container(cfg: DictConfig, name: str) -> dict[str, Any]:
 
 def _pod_template(cfg: DictConfig, name: str, labels: Mapping[str, str]) -> dict[str, Any]:
     launcher, hw = cfg.launcher, cfg.hardware
-    volumes, _ = _volumes(cfg, name)
-    container = _container(cfg, name)
+    volumes, mounts = _volumes(cfg, name)
+    container = _container(cfg, name, mounts)
     spec: dict[str, Any] = {
         "restartPolicy": "Never",  # the Job (or operator) decides about retries, by exit code
         "terminationGracePeriodSeconds": int(launcher.termination_grace_s),
@@ -784,7 +785,7 @@ def run_dir_is_ephemeral(objs: Sequence[Manifest]) -> bool:
 
 
 # ------------------------------------------------------------------------------------------------ output
-class _Dumper(getattr(yaml, "CSafeDumper", yaml.SafeDumper)):  # type: ignore[misc]
+class _Dumper(_SafeDumper):  # type: ignore[misc,valid-type]
     """Safe YAML; multi-line strings (the config) as literal blocks so manifests.yaml stays readable."""
 
 

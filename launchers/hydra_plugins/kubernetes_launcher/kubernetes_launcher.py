@@ -22,6 +22,9 @@ class KubernetesLauncher(Launcher):
         self.sweep_id: str | None = None  # one id for every batch of a sweep
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        from hydra_plugins.kubernetes_launcher._compose import install
+
+        install(hydra_context)  # compose each sweep job once, and fast (see _compose.py)
         self.config = config
         self.hydra_context = hydra_context
         self.task_function = task_function
