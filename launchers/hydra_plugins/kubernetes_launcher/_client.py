@@ -18,6 +18,7 @@ import json
 import logging
 import random
 import re
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -590,7 +591,7 @@ class JobClient:
             log.debug("pod watch ended: %s", e)
         finally:
             if resp is not None:
-                resp.release_conn()
+                resp.close()  # not release_conn(): an unfinished stream must not go back to the pool
         remaining = self.poll_interval_s - (time.monotonic() - started)
         if remaining > 0:
             (stop.wait if stop is not None else time.sleep)(remaining)
@@ -655,7 +656,7 @@ class JobClient:
         finally:
             with self._lock:
                 self._log_responses.pop(pod, None)
-            resp.release_conn()
+            resp.close()  # in the reading thread; an unfinished stream must not go back to the pool
 
     def follow_logs(
         self, name: str, emit: Callable[[str], None], stop: threading.Event, *, node_rank: int = 0
@@ -694,8 +695,12 @@ class JobClient:
         with self._lock:
             responses = list(self._log_responses.values())
         for resp in responses:
-            with contextlib.suppress(Exception):  # already closed
-                resp.close()
+            # Shut the socket down: the reader thread gets EOF. (close() from here would block on the file
+            # object's lock, which that thread holds while it waits in read.)
+            sock = getattr(getattr(resp, "connection", None), "sock", None)
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
 
 
 def _lines(resp: Any) -> Iterator[str]:
