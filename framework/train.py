@@ -365,7 +365,9 @@ def train(
     from tqdm import tqdm
 
     from framework import storage
+    from framework.metrics_server import cuda_memory_bytes, maybe_start_metrics_server
     from framework.model import count_params, load_tokenizer
+    from framework.tracking import make_trackers
 
     deepspeed = dist.import_deepspeed()  # without the ~0.8 s MLflow import of DeepSpeed's autotuner
     t_start = time.time()
@@ -438,7 +440,11 @@ def train(
             run.fetch_metrics()
             run.truncate_metrics(step)
 
-    metrics = MetricsLog(run.metrics, rank0, [])
+    tracker = make_trackers(
+        cfg.tracking, run.uri, cfg.run_name, OmegaConf.to_container(cfg, resolve=True), rank0
+    )
+    prom = maybe_start_metrics_server(cfg.tracking.prometheus, cfg.run_name)
+    metrics = MetricsLog(run.metrics, rank0, [lambda r: tracker.log_metrics(r, r["step"])])
     stop = StopFlag()
     stop.install()
     micro, accum = cfg.train.micro_batch_size, cfg.train.grad_accum
@@ -472,6 +478,7 @@ def train(
         checkpoint.prune(run.checkpoints, cfg.train.keep_last)
         if rank0:
             log.info("Checkpoint step_%d saved in %.2fs", step, time.time() - t0)
+        prom.observe_checkpoint(time.time() - t0)
         if remote is not None:
             remote.start(checkpoint.tag_for(step))
             if blocking:
@@ -506,23 +513,27 @@ def train(
         eval_loss, ppl = evaluate(engine, d.val, micro, cfg.train.eval_max_batches)
         last_eval = {"step": step, "eval_loss": eval_loss, "perplexity": ppl}
         metrics.write(last_eval)
+        prom.update(eval_loss=eval_loss)
         if rank0:
             bar.write(f"step {step}: eval_loss {eval_loss:.4f}  perplexity {ppl:.2f}")
 
     try:
         while step < d.steps:
             t0 = time.perf_counter()
-            losses, tokens = [], 0
+            losses, tokens, data_s = [], 0, 0.0
             for _ in range(accum):
+                td = time.perf_counter()
                 rows = d.train.batch(consumed)
+                data_s += time.perf_counter() - td
                 consumed += 1
                 losses.append(micro_step(engine, rows))
                 tokens += data.n_real_tokens(rows)
             step += 1
             # One collective per step: loss and token counts from every rank, plus any rank's stop request.
             loss_sum = float(torch.stack(losses).sum())  # the only host sync of the step
+            own_s = time.perf_counter() - t0  # this rank's compute, before waiting for the others
             loss_sum, tokens_all, n = dist.all_reduce_sum([loss_sum, float(tokens), float(accum)])
-            stop_any = dist.all_reduce_max([float(stop.signum)])[0]
+            stop_any, slowest_s = dist.all_reduce_max([float(stop.signum), own_s])
             dt = time.perf_counter() - t0
             loss = loss_sum / n
             tok_s = tokens_all / dt
@@ -531,6 +542,7 @@ def train(
             last = {"step": step, "loss": loss, "lr": lr, "tokens_per_s": tok_s, "step_time_s": dt}
             if step % cfg.train.log_interval == 0 or step == d.steps:
                 metrics.write(last)
+            prom.update(**last, slowest_step_time_s=slowest_s, data_time_s=data_s, **cuda_memory_bytes())
             bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tok_s:,.0f}", refresh=False)
             bar.update(1)
             if not math.isfinite(loss):
@@ -551,10 +563,21 @@ def train(
         if rank0:
             for name in ("adapter", "model"):
                 run.publish(name)
+                if (run.path / name).is_dir():
+                    tracker.log_artifact(str(run.path / name), name)
+        status = "FINISHED"
+    except Preempted:
+        status = "KILLED"
+        raise
+    except BaseException:
+        status = "FAILED"
+        raise
     finally:
         bar.close()
         metrics.close()
         stop.restore()
+        tracker.close(status)
+        prom.stop()
     dist.barrier()
     result = {
         "status": "COMPLETED",

@@ -15,6 +15,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from framework.config import Config, package_path
 from framework.errors import ConfigError
+from framework.tracking_config import tracking_problems
 from recipes import RECIPES
 
 CHOICES: dict[str, tuple[str, ...]] = {
@@ -194,6 +195,7 @@ def validate(cfg: DictConfig, *, gpu_count: Callable[[], int] | None = None) -> 
         if isinstance(value, str) and key not in missing and _local_missing(value):
             problems.append(f"{key}={value} does not exist; fix the path (local path or s3:// URI)")
 
+    problems += tracking_problems(OmegaConf.to_object(cfg.tracking))  # type: ignore[arg-type]
     if cfg.launcher.name == "local" and hw.accelerator == "cuda" and gpu_count is not None:
         have = gpu_count()
         if have == 0:
