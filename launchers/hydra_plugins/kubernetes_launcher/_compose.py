@@ -66,12 +66,12 @@ class SweepConfigLoader:
         """Whether the job's config has a ${hydra:...} interpolation (then HydraConfig must hold its hydra node)."""
         if any("${hydra:" in o for o in overrides):
             return True
-        key = tuple(o.input_line for o in self._parse(overrides) if self._structural(o))
+        key = tuple(str(o.input_line) for o in self._parse(overrides) if self._structural(o))
         return self._base_uses_hydra.get(key, True)
 
     def _compose(self, master: DictConfig, overrides: list[str]) -> DictConfig:
         parsed = self._parse(overrides)
-        structural = [o.input_line for o in parsed if self._structural(o)]
+        structural = [str(o.input_line) for o in parsed if self._structural(o)]
         values = [o for o in parsed if not self._structural(o)]
         if not values or getattr(self._inner, "repository", None) is None:
             return self._inner.load_sweep_config(master, overrides)  # type: ignore[no-any-return]
@@ -89,7 +89,7 @@ class SweepConfigLoader:
         ConfigLoaderImpl._apply_overrides_to_config(values, cfg)
         dirname = cfg.hydra.job.config.override_dirname
         with open_dict(cfg.hydra):
-            cfg.hydra.overrides.task = [o.input_line for o in parsed]
+            cfg.hydra.overrides.task = [str(o.input_line) for o in parsed]
             cfg.hydra.job.override_dirname = get_overrides_dirname(
                 overrides=parsed,
                 kv_sep=dirname.kv_sep,

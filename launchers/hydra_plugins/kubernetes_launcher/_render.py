@@ -168,12 +168,17 @@ def container_args(cfg: DictConfig, name: str) -> list[str]:
 # ---------------------------------------------------------------------------------------------- config
 def resolved_config_yaml(cfg: DictConfig) -> str:
     """The fully resolved config without the ``hydra`` node: what every rank reads from the ConfigMap."""
+    plain: dict[str, Any] = {}
     try:
-        plain = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+        for key in cfg:  # key by key: the hydra node, if present, is never resolved
+            if key != "hydra":
+                value = cfg[key]
+                is_node = OmegaConf.is_config(value)
+                plain[str(key)] = (
+                    OmegaConf.to_container(value, resolve=True, throw_on_missing=True) if is_node else value
+                )
     except MissingMandatoryValue as e:
         raise ConfigError(f"{e.full_key} is required but not set; pass {e.full_key}=<value>") from e
-    assert isinstance(plain, dict)
-    plain.pop("hydra", None)
     _reject_secret_values(plain)
     # What OmegaConf.to_yaml(cfg, resolve=True) writes, with libyaml's emitter: ~10x faster for big sweeps.
     return yaml.dump(plain, Dumper=_SafeDumper, default_flow_style=False, allow_unicode=True, sort_keys=False)

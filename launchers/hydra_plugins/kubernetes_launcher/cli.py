@@ -74,6 +74,7 @@ def run(args: argparse.Namespace) -> int:
 
     ns = args.namespace or _default_namespace(args.context)
     jobs = JobClient(ns, context=args.context)
+    rows: list[tuple[str, ...]]
     if args.command == "list":
         rows = [("NAME", "KIND", "PHASE", "AGE", "RUN", "OVERRIDES")]
         for j in jobs.list():
