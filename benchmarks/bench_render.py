@@ -20,6 +20,7 @@ import tempfile
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGET_SINGLE_S = 1.0
@@ -55,7 +56,7 @@ CLI = textwrap.dedent(
 )
 
 
-def timed(code: str, cwd: Path) -> tuple[float, dict[str, object], str]:
+def timed(code: str, cwd: Path) -> tuple[float, dict[str, Any], str]:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONDONTWRITEBYTECODE": "1"}
     t = time.perf_counter()
     out = subprocess.run(
@@ -68,7 +69,7 @@ def timed(code: str, cwd: Path) -> tuple[float, dict[str, object], str]:
     return wall, json.loads(last), out.stdout
 
 
-def best(code: str, repeat: int) -> tuple[float, dict[str, object], str]:
+def best(code: str, repeat: int) -> tuple[float, dict[str, Any], str]:
     runs = []
     for _ in range(repeat):
         with tempfile.TemporaryDirectory(prefix="bench-render-") as tmp:
@@ -98,7 +99,7 @@ def main() -> int:
     )
     print(
         f"compose + render one 2-node job, fresh process:   {one_wall:6.2f} s  (compose {one['compose_s']:.3f} s, "
-        f"render {one['render_s'] * 1000:.1f} ms)   target < {TARGET_SINGLE_S:.0f} s"
+        f"render {float(one['render_s']) * 1000:.1f} ms)   target < {TARGET_SINGLE_S:.0f} s"
     )
     print(f"1-job sweep dry run, python -m framework:         {sweep_1_wall:6.2f} s  (baseline)")
     print(

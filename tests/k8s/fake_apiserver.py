@@ -166,8 +166,7 @@ class FakeKube:
     @property
     def url(self) -> str:
         assert self._server is not None
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
 
     def write_kubeconfig(self, path: Path, namespace: str = "default") -> Path:
         path.write_text(

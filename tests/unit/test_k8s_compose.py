@@ -30,7 +30,7 @@ def loaders() -> tuple[ConfigLoaderImpl, DictConfig]:
 def plain(cfg: DictConfig) -> dict[str, Any]:
     out = OmegaConf.to_container(cfg, resolve=False)
     assert isinstance(out, dict)
-    return out
+    return {str(k): v for k, v in out.items()}
 
 
 @pytest.mark.parametrize(

@@ -164,7 +164,7 @@ def test_plain_env_with_secret_like_substrings_is_fine() -> None:
             _render.main_object(
                 rendered("+launcher.env.TOKENIZERS_PARALLELISM='false'", "+launcher.env.KEYBOARD_LAYOUT=us")
             )
-        ).get("env")
+        )["env"]
     }
     assert env["TOKENIZERS_PARALLELISM"]["value"] == "false"
 
