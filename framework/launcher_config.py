@@ -18,7 +18,7 @@ class LauncherConfig:
     image_pull_secrets: list[str] = field(default_factory=list)  # names of docker-registry Secrets
     service_account: str | None = None  # pod service account; null: none, and no token mounted
     dry_run: bool = False  # render manifests.yaml, submit nothing
-    max_parallel: int = 4  # sweep jobs in flight at once
+    max_parallel: int = 4  # sweep jobs in flight at once (while following; follow=false submits all)
     follow: bool = True  # stream rank-0 logs and wait for the outcome
     cancel_on_interrupt: str = "ask"  # Ctrl-C: ask | yes (delete the job) | no (leave it running)
     backoff_limit: int = 3  # pod retries (exit 143 and disruptions are not counted)

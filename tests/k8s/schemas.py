@@ -37,6 +37,11 @@ def crd_schema(api_version: str, kind: str) -> dict[str, Any]:
     raise KeyError(f"{kind} {api_version} not in {CRD_FILES[(api_version, kind)]}")
 
 
+@functools.cache
+def crd_validator(api_version: str, kind: str) -> jsonschema.Draft7Validator:
+    return jsonschema.Draft7Validator(crd_schema(api_version, kind))
+
+
 def unknown_fields(obj: Any, schema: dict[str, Any], path: str = "") -> list[str]:
     """Fields of ``obj`` a structural schema does not declare (the API server would prune them)."""
     if isinstance(obj, dict):
@@ -65,9 +70,7 @@ def errors(obj: dict[str, Any]) -> list[str]:
     name = f"{key[1]} {obj.get('metadata', {}).get('name')}"
     if key in CRD_FILES:
         schema = crd_schema(*key)
-        found = [
-            f"{name}: {e.json_path}: {e.message}" for e in jsonschema.Draft7Validator(schema).iter_errors(obj)
-        ]
+        found = [f"{name}: {e.json_path}: {e.message}" for e in crd_validator(*key).iter_errors(obj)]
         return found + [f"{name}: unknown field {f}" for f in unknown_fields(obj, schema)]
     try:
         kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
