@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
+from framework.errors import ConfigError
 from tests.helpers import ROOT, run_cli
 from tests.k8s import schemas
 from tests.k8s.fake_apiserver import FakeKube, simulate
@@ -139,3 +140,13 @@ def test_launch_follows_the_job_to_success(tmp_path: Path, kube: FakeKube) -> No
     assert kube.names("configmaps") == [f"{name}-config"] and kube.names("services") == [name]
     ((path, objs),) = manifests(tmp_path)  # written for submitted runs too
     assert objs[-1]["metadata"]["name"] == name
+
+
+def test_paths_are_checked_in_the_pods_not_here() -> None:
+    from hydra_plugins.kubernetes_launcher._core import _validate
+
+    from tests.k8s.compose import compose
+
+    _validate(compose("dataset=jsonl", "dataset.path=/data/only-on-the-pvc.jsonl"))  # no error: a pod path
+    with pytest.raises(ConfigError, match="train.max_steps=0 must be >= 1"):
+        _validate(compose("dataset=jsonl", "dataset.path=/data/x.jsonl", "train.max_steps=0"))
