@@ -76,3 +76,16 @@ def test_same_errors_as_hydra(loaders: tuple[ConfigLoaderImpl, DictConfig], bad:
         inner.load_sweep_config(master, [*BASE, bad])
     with pytest.raises(ConfigCompositionException):
         SweepConfigLoader(inner).load_sweep_config(master, [*BASE, bad])
+
+
+def test_hydra_node_detached_and_put_back_unchanged(loaders: tuple[ConfigLoaderImpl, DictConfig]) -> None:
+    from hydra_plugins.kubernetes_launcher._core import _without_hydra
+
+    inner, master = loaders
+    cfg = SweepConfigLoader(inner).load_sweep_config(master, [*BASE, "optim.lr=0.1"])
+    before, node = plain(cfg), cfg._get_node("hydra")
+    with _without_hydra(cfg) as task:
+        assert "hydra" not in task and task.optim.lr == 0.1
+        assert OmegaConf.missing_keys(task) == set()  # what the framework's validate walks
+    assert cfg._get_node("hydra") is node  # not a copy
+    assert plain(cfg) == before and cfg.hydra.job.name == master.hydra.job.name

@@ -104,10 +104,13 @@ def _without_hydra(sweep_config: DictConfig) -> Iterator[DictConfig]:
     Hydra's run_job makes (~10 ms a job). The node is put back as is (no deep copy)."""
     with read_write(sweep_config), open_dict(sweep_config):
         hydra_node = sweep_config._get_node("hydra")
+        assert hydra_node is not None
         del sweep_config["hydra"]
     try:
         yield sweep_config
     finally:
+        # Detached for real: else OmegaConf sees a node of the same config and deep-copies it anyway.
+        hydra_node._set_parent(None)
         with (
             read_write(sweep_config),
             open_dict(sweep_config),

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Iterable, Mapping, Sequence
+from types import SimpleNamespace
 from typing import Any
 
 import yaml
@@ -166,11 +167,11 @@ def container_args(cfg: DictConfig, name: str) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------- config
-def resolved_config_yaml(cfg: DictConfig) -> str:
-    """The fully resolved config without the ``hydra`` node: what every rank reads from the ConfigMap."""
+def resolved_config(cfg: DictConfig) -> dict[str, Any]:
+    """The fully resolved config as plain data, without the ``hydra`` node (which is never resolved)."""
     plain: dict[str, Any] = {}
     try:
-        for key in cfg:  # key by key: the hydra node, if present, is never resolved
+        for key in cfg:
             if key != "hydra":
                 value = cfg[key]
                 is_node = OmegaConf.is_config(value)
@@ -179,9 +180,36 @@ def resolved_config_yaml(cfg: DictConfig) -> str:
                 )
     except MissingMandatoryValue as e:
         raise ConfigError(f"{e.full_key} is required but not set; pass {e.full_key}=<value>") from e
-    _reject_secret_values(plain)
+    return plain
+
+
+def config_yaml(plain: dict[str, Any]) -> str:
     # What OmegaConf.to_yaml(cfg, resolve=True) writes, with libyaml's emitter: ~10x faster for big sweeps.
     return yaml.dump(plain, Dumper=_SafeDumper, default_flow_style=False, allow_unicode=True, sort_keys=False)
+
+
+def resolved_config_yaml(cfg: DictConfig) -> str:
+    """The fully resolved config without the ``hydra`` node: what every rank reads from the ConfigMap."""
+    plain = resolved_config(cfg)
+    _reject_secret_values(plain)
+    return config_yaml(plain)
+
+
+def _plain(value: Any) -> Any:
+    """Plain containers from a DictConfig/ListConfig or a SimpleNamespace view (or the value itself)."""
+    if OmegaConf.is_config(value):
+        return OmegaConf.to_container(value, resolve=True)
+    if isinstance(value, SimpleNamespace):
+        return dict(vars(value))
+    return value
+
+
+def _view(plain: dict[str, Any]) -> Any:
+    """Attribute access (cfg.launcher.backend) over plain resolved data: rendering reads hundreds of values, and
+    each DictConfig lookup costs tens of microseconds. Second-level mappings (env, pvcs, ...) stay dicts."""
+    return SimpleNamespace(
+        **{k: SimpleNamespace(**v) if isinstance(v, dict) else v for k, v in plain.items()}
+    )
 
 
 def config_hash(config_yaml: str) -> str:
@@ -416,7 +444,7 @@ def _pod_template(cfg: DictConfig, name: str, labels: Mapping[str, str]) -> dict
     if hw.node_selector:
         spec["nodeSelector"] = {str(k): str(v) for k, v in hw.node_selector.items()}
     if hw.tolerations:
-        spec["tolerations"] = OmegaConf.to_container(hw.tolerations, resolve=True)
+        spec["tolerations"] = _plain(hw.tolerations)
     if launcher.image_pull_secrets:
         spec["imagePullSecrets"] = [{"name": str(s)} for s in launcher.image_pull_secrets]
     spec.update(_extra(launcher, "pod_spec"))
@@ -426,7 +454,7 @@ def _pod_template(cfg: DictConfig, name: str, labels: Mapping[str, str]) -> dict
 
 
 def _extra(launcher: DictConfig, key: str) -> dict[str, Any]:
-    extra = OmegaConf.to_container(launcher.extra, resolve=True) if launcher.extra else {}
+    extra = _plain(launcher.extra) if launcher.extra else {}
     assert isinstance(extra, dict)
     unknown = sorted(set(extra) - set(EXTRA_KEYS))
     if unknown:
@@ -557,13 +585,16 @@ def render(
     ``cfg`` is the job's composed config (its ``hydra`` node, if any, is dropped). Raises ConfigError naming the
     key for anything that cannot be rendered safely (a secret-looking plain env var, a bad Secret reference...).
     """
+    plain = resolved_config(cfg)
+    cfg = _view(plain)  # from here on, plain values
     _validate(cfg)
     launcher, hw = cfg.launcher, cfg.hardware
     backend, ns, name = str(launcher.backend), str(launcher.namespace), job_name
     if not _DNS_LABEL.match(name) or len(name) + len(_host_suffix(backend, int(hw.nodes))) > 63:
         raise ConfigError(f"job name {name!r} is not a DNS label short enough for its pod hostnames")
-    config_yaml = resolved_config_yaml(cfg)
-    chash = config_hash(config_yaml)
+    _reject_secret_values(plain)
+    text = config_yaml(plain)
+    chash = config_hash(text)
     labels = _labels(cfg, name, sweep_id=sweep_id, job_index=job_index, chash=chash, git_commit=git_commit)
     annotations = {
         f"{LABEL_PREFIX}run-name": str(cfg.run_name),
@@ -582,7 +613,7 @@ def render(
             "apiVersion": "v1",
             "kind": "ConfigMap",
             "metadata": _metadata(f"{name}-config", ns, labels),
-            "data": {CONFIG_FILE: config_yaml},
+            "data": {CONFIG_FILE: text},
         }
     )
     job_extra = _extra(launcher, "job_spec")
@@ -748,8 +779,9 @@ def network_policy(cfg: DictConfig, name: str, labels: Mapping[str, str]) -> Man
     if cidrs:
         egress.append({"to": [{"ipBlock": {"cidr": c}} for c in cidrs]})
     ingress: list[dict[str, Any]] = [{"from": [peers]}]
-    prometheus = OmegaConf.select(cfg, "tracking.prometheus", default=None)
-    if prometheus is not None and prometheus.get("enabled"):  # let a scraper reach /metrics
+    tracking = _plain(getattr(cfg, "tracking", None))
+    prometheus = tracking.get("prometheus") if isinstance(tracking, dict) else None
+    if isinstance(prometheus, dict) and prometheus.get("enabled"):  # let a scraper reach /metrics
         ingress.append({"ports": [{"protocol": "TCP", "port": int(prometheus.get("port") or 9400)}]})
     return {
         "apiVersion": "networking.k8s.io/v1",
