@@ -33,7 +33,8 @@ training), summed over documents: packed documents do not attend to each other. 
 MFU = achieved FLOP/s / peak dense bf16 FLOP/s of the GPU (H100/H200 989 TFLOP/s, A100 312); n/a on CPU unless
 ``--peak-tflops`` is given.
 
-Timing: on GPU each arm is built, warmed up, timed for ``--steps`` steps and freed in turn. On CPU (shared
+Timing: on GPU each arm runs in its own process (``--isolate``: a clean allocator peak, nothing left over from
+the previous arm): built on the GPU, warmed up, timed for ``--steps`` steps. On CPU (shared
 cores, other jobs) all arms of a recipe and data shape are built and warmed up first, then timed one step each in
 rotating order (``--interleave``), so load drift hits every arm alike; tokens/s is real tokens / timed seconds.
 
@@ -361,10 +362,15 @@ class Running:
 
 
 def build_base(cfg: Any, liger: bool = False) -> Any:
-    """The same seeded model for every arm (``framework.model.build_model``), peft-wrapped for LoRA."""
+    """The same seeded model for every arm (``framework.model.build_model``), peft-wrapped for LoRA.
+
+    Built directly on the arm's device (random init of an 8B model on the host would take minutes)."""
+    import torch
+
     from framework.model import apply_lora, build_model
 
-    model = build_model(cfg, cfg.model.vocab_size)
+    with torch.device("cuda" if cfg.hardware.accelerator == "cuda" else "cpu"):
+        model = build_model(cfg, cfg.model.vocab_size)
     if liger:
         from liger_kernel.transformers import apply_liger_kernel_to_llama
 
@@ -581,11 +587,16 @@ def measure_in_child(arm: str, recipe: str, kind: str, args: argparse.Namespace)
         str(Path(__file__).resolve()),
         "--shape", args.shape, "--device", args.device, "--steps", str(args.steps),
         "--warmup", str(args.warmup), "--seed", str(args.seed), "--recipes", recipe, "--data", kind,
-        "--only-arm", arm,
+        "--only-arm", arm, "--compile" if args.compile else "--no-compile",
     ]  # fmt: skip
+    if args.threads:
+        cmd += ["--threads", str(args.threads)]
     if args.peak_tflops:
         cmd += ["--peak-tflops", str(args.peak_tflops)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    # The child gets a world of one of its own (this process's rendezvous port is taken).
+    rendezvous = {"RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"}
+    env = {k: v for k, v in os.environ.items() if k not in rendezvous}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     for line in reversed(proc.stdout.splitlines()):
         if line.startswith("RESULT "):
             return Result(**json.loads(line[len("RESULT ") :]))
@@ -668,6 +679,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="build all arms, then time them step by step in turn (default: on for cpu, off for cuda)",
     )
     p.add_argument(
+        "--isolate",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="each arm in its own process: clean allocator peak, no leftovers (default: on for cuda)",
+    )
+    p.add_argument(
         "--threads",
         type=int,
         default=None,
@@ -686,6 +703,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.warmup = args.warmup if args.warmup is not None else (5 if gpu else 2)
     args.compile = gpu if args.compile is None else args.compile
     args.interleave = not gpu if args.interleave is None else args.interleave
+    args.isolate = gpu if args.isolate is None else args.isolate
     if args.threads is None and not gpu:
         args.threads = 1
     return args
@@ -733,6 +751,8 @@ def main(argv: list[str] | None = None) -> int:
                     group.append(measure_in_child("hf+peft+liger", recipe, kind, args))
             if args.interleave:
                 group.extend(measure_interleaved(local, recipe, kind, args))
+            elif args.isolate:
+                group.extend(measure_in_child(arm, recipe, kind, args) for arm in local)
             else:
                 group.extend(measure(arm, recipe, kind, args) for arm in local)
             group.sort(key=lambda r: arms.index(r.arm))
