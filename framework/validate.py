@@ -88,8 +88,11 @@ def _local_missing(uri: str | None) -> bool:
     return not Path(path).expanduser().exists()
 
 
-def validate(cfg: DictConfig, *, gpu_count: Callable[[], int] | None = None) -> list[str]:
-    """Return every problem found in ``cfg`` (empty when valid). ``gpu_count`` is asked only for local GPU runs."""
+def validate(
+    cfg: DictConfig, *, gpu_count: Callable[[], int] | None = None, check_local_paths: bool = True
+) -> list[str]:
+    """Return every problem found in ``cfg`` (empty when valid). ``gpu_count`` is asked only for local GPU runs;
+    ``check_local_paths=False`` skips path existence (a launcher whose jobs read paths on another machine)."""
     problems: list[str] = []
     missing = sorted(OmegaConf.missing_keys(cfg))
     for key in missing:
@@ -192,7 +195,7 @@ def validate(cfg: DictConfig, *, gpu_count: Callable[[], int] | None = None) -> 
         "model.tokenizer",
     ):
         value = _get(cfg, key)
-        if isinstance(value, str) and key not in missing and _local_missing(value):
+        if check_local_paths and isinstance(value, str) and key not in missing and _local_missing(value):
             problems.append(f"{key}={value} does not exist; fix the path (local path or s3:// URI)")
 
     problems += tracking_problems(OmegaConf.to_object(cfg.tracking))  # type: ignore[arg-type]

@@ -42,8 +42,11 @@ def test_recipe_table_matches_conf() -> None:
 def test_every_combination_composes_and_validates(recipe: str, model: str, hardware: str) -> None:
     cfg = compose_cfg(f"recipe={recipe}", f"model={model}", f"hardware={hardware}")
     assert cfg.model.name == model and cfg.hardware.name == hardware
-    # GPU availability is a launch-time question; everything else must be valid as shipped.
-    assert validate(check(cfg), gpu_count=None) == []
+    # GPU availability is a launch-time question; everything else must be valid as shipped, except that the
+    # memory estimate rightly refuses a full fine-tune of 8B (fp32 Adam states) on one GPU without ZeRO.
+    problems = validate(cfg, gpu_count=None)
+    too_big = (recipe, model, hardware) == ("full_finetune", "llama3_1_8b", "h200x1")
+    assert [p.startswith("estimated peak memory per GPU") for p in problems] == ([True] if too_big else [])
 
 
 def test_default_is_the_embedded_demo() -> None:

@@ -90,10 +90,8 @@ def _validate(cfg: DictConfig) -> None:
     """The framework's config checks, minus local-path existence: paths are read inside the pods, not here."""
     from framework.validate import validate
 
-    problems = validate(cfg, gpu_count=None)  # composed with the schema already: no with_schema() needed
-    problems = [
-        p for p in problems if not p.endswith("does not exist; fix the path (local path or s3:// URI)")
-    ]
+    # Composed with the schema already: no with_schema() needed. Paths are checked where they are read.
+    problems = validate(cfg, gpu_count=None, check_local_paths=False)
     if problems:
         raise ConfigError(problems)
 
