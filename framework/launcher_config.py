@@ -35,6 +35,7 @@ class LauncherConfig:
     s3_secret: str | None = None  # Secret with AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (envFrom)
     labels: dict[str, str] = field(default_factory=dict)  # extra labels on every object
     annotations: dict[str, str] = field(default_factory=dict)  # extra pod annotations
+    prometheus_monitor: str = "annotations"  # with tracking.prometheus.enabled: annotations | podmonitor
     setup_namespace: bool = False  # also render ServiceAccount, Role, RoleBinding, NetworkPolicy
     extra: dict[str, Any] = field(default_factory=dict)  # {pod_spec: {...}, job_spec: {...}} merged in
     # --- pod profile ---

@@ -469,3 +469,34 @@ def test_extra_passthrough() -> None:
     )
     assert pod_templates(main)[0]["spec"]["priorityClassName"] == "high"
     assert main["spec"]["suspend"] is True
+
+
+PROM = ("launcher=kubernetes", "hardware=a100x8", "hardware.nodes=2", "tracking.prometheus.enabled=true")
+
+
+def test_prometheus_port_and_scrape_annotations() -> None:
+    objs = rendered(*PROM)
+    job = by_kind(objs, "Job")
+    ports = {p["name"]: p["containerPort"] for p in container(job)["ports"]}
+    assert ports["metrics"] == 9400
+    ann = pod_templates(job)[0]["metadata"]["annotations"]
+    assert ann["prometheus.io/scrape"] == "true" and ann["prometheus.io/port"] == "9400"
+    assert not any(o["kind"] == "PodMonitor" for o in objs)
+    for o in objs:
+        assert schemas.errors(o) == [], o["kind"]
+
+
+def test_prometheus_podmonitor() -> None:
+    objs = rendered(*PROM, "launcher.prometheus_monitor=podmonitor", "launcher.backend=jobset")
+    pm = by_kind(objs, "PodMonitor")
+    assert pm["apiVersion"] == "monitoring.coreos.com/v1"
+    assert pm["spec"]["podMetricsEndpoints"] == [{"port": "metrics", "path": "/metrics", "interval": "15s"}]
+    instance = pm["metadata"]["labels"]["app.kubernetes.io/instance"]
+    template_labels = pod_templates(by_kind(objs, "JobSet"))[0]["metadata"]["labels"]
+    assert template_labels["app.kubernetes.io/instance"] == instance  # the selector matches the job's pods
+    assert "prometheus.io/scrape" not in pod_templates(by_kind(objs, "JobSet"))[0]["metadata"]["annotations"]
+
+
+def test_prometheus_port_zero_is_rejected_for_pods() -> None:
+    with pytest.raises(ConfigError, match="tracking.prometheus.port=0"):
+        rendered(*PROM, "tracking.prometheus.port=0")

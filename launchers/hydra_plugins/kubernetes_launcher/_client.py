@@ -98,6 +98,7 @@ KINDS = {
         Kind("Role", "rbac.authorization.k8s.io", "v1", "roles"),
         Kind("RoleBinding", "rbac.authorization.k8s.io", "v1", "rolebindings"),
         Kind("NetworkPolicy", "networking.k8s.io", "v1", "networkpolicies"),
+        Kind("PodMonitor", "monitoring.coreos.com", "v1", "podmonitors"),
     )
 }
 JOB_KINDS = ("Job", "JobSet", "PyTorchJob")

@@ -380,6 +380,36 @@ def _resources(hw: DictConfig) -> dict[str, Any]:
     return {"requests": amounts, "limits": dict(amounts)}
 
 
+METRICS_PORT_NAME = "metrics"
+
+
+def prometheus_port(cfg: DictConfig) -> int | None:
+    """The /metrics port when ``tracking.prometheus.enabled``, else None."""
+    tracking = _plain(getattr(cfg, "tracking", None))
+    prom = tracking.get("prometheus") if isinstance(tracking, dict) else None
+    if not (isinstance(prom, dict) and prom.get("enabled")):
+        return None
+    port = int(prom.get("port") or 0)
+    if not 0 < port < 65536:
+        raise ConfigError(
+            f"tracking.prometheus.port={port}: pods need a fixed port for scraping; set e.g. 9400"
+        )
+    return port
+
+
+def pod_monitor(cfg: DictConfig, name: str, labels: Mapping[str, str]) -> Manifest:
+    """A prometheus-operator PodMonitor scraping every pod of the job (launcher.prometheus_monitor=podmonitor)."""
+    return {
+        "apiVersion": "monitoring.coreos.com/v1",
+        "kind": "PodMonitor",
+        "metadata": _metadata(name, str(cfg.launcher.namespace), labels),
+        "spec": {
+            "selector": {"matchLabels": {"app.kubernetes.io/instance": labels["app.kubernetes.io/instance"]}},
+            "podMetricsEndpoints": [{"port": METRICS_PORT_NAME, "path": "/metrics", "interval": "15s"}],
+        },
+    }
+
+
 def _container(cfg: DictConfig, name: str, mounts: list[dict[str, Any]]) -> dict[str, Any]:
     launcher = cfg.launcher
     pytorchjob = launcher.backend == "pytorchjob"
@@ -449,6 +479,17 @@ def _pod_template(cfg: DictConfig, name: str, labels: Mapping[str, str]) -> dict
         spec["imagePullSecrets"] = [{"name": str(s)} for s in launcher.image_pull_secrets]
     spec.update(_extra(launcher, "pod_spec"))
     annotations = {"kubectl.kubernetes.io/default-container": container["name"]}
+    port = prometheus_port(cfg)
+    if port is not None:
+        container["ports"].append({"name": METRICS_PORT_NAME, "containerPort": port, "protocol": "TCP"})
+        if getattr(cfg.launcher, "prometheus_monitor", "annotations") == "annotations":
+            annotations.update(
+                {
+                    "prometheus.io/scrape": "true",
+                    "prometheus.io/port": str(port),
+                    "prometheus.io/path": "/metrics",
+                }
+            )
     annotations.update({str(k): str(v) for k, v in (launcher.annotations or {}).items()})
     return {"metadata": {"labels": dict(labels), "annotations": annotations}, "spec": spec}
 
@@ -708,6 +749,8 @@ def render(
         )
     if launcher.setup_namespace:
         objs.append(network_policy(cfg, name, labels))
+    if prometheus_port(cfg) is not None and getattr(launcher, "prometheus_monitor", "") == "podmonitor":
+        objs.append(pod_monitor(cfg, name, labels))
     return objs
 
 
