@@ -125,6 +125,7 @@ class HardwareConfig:
     offload_param: bool = False  # ZeRO-3 parameter offload to CPU
     bucket_size: int = 500_000_000  # DeepSpeed reduce/allgather bucket size (elements)
     gpu_memory_gb: float | None = None  # memory per GPU; set: the launch is checked against an estimate
+    cpu_threads: int | None = None  # torch threads per process; null: auto (1 for small models on CPU)
     node_selector: dict[str, str] = field(default_factory=dict)  # pod nodeSelector
     tolerations: list[dict[str, Any]] = field(default_factory=list)  # pod tolerations
 
