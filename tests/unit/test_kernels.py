@@ -321,3 +321,15 @@ def test_packed_row_loss_is_sum_of_separate_documents(attn: str) -> None:
         torch.testing.assert_close(packed, separate, rtol=1e-6, atol=1e-5)
         leaky = dict(batch, position_ids=torch.arange(batch["input_ids"].shape[1])[None])
         assert abs(float(_summed_loss(model, **leaky)) - float(separate)) > 1e-3
+
+
+# ----------------------------------------------------------------------------------------------- threads
+
+
+def test_cpu_threads_policy() -> None:
+    from framework.train import cpu_threads
+
+    assert cpu_threads(cfg_for(), 8) == 1  # tiny model on CPU: one thread
+    assert cpu_threads(cfg_for("hardware.cpu_threads=3"), 8) == 3
+    assert cpu_threads(cfg_for("model.hidden_size=1024", "model.intermediate_size=2048"), 8) == 8
+    assert cpu_threads(cfg_for("hardware=h200x1"), 16) == 16
