@@ -11,7 +11,8 @@ Arms, each on the same model shape, the same random init (``build_model`` seeds 
   batches;
 - ``ours``: the framework's own training step (``build_model``/``apply_lora``, ``deepspeed_config(cfg)``,
   ``train.micro_step``) on packed rows (padding-free, per-document attention), as the recipe ships;
-- ``ours+fast``: the same with ``model.fused_linear_ce=true`` (and ``train.compile=true`` with ``--compile``).
+- ``ours+fast``: the same with ``model.fused_linear_ce=true``, ``model.kernels=lean`` (``--kernels``) and
+  ``train.compile=true`` (``--compile``, the default on cuda).
 
 Each recipe (``lora`` = lora_llama, ``full`` = full_finetune) is compared with baselines training the same
 parameters. Two data shapes: ``full`` (every example is one full-length sequence: no padding, no packing) and
@@ -89,8 +90,9 @@ SHAPES: dict[str, dict[str, Any]] = {
         "seq": 256,
         "micro": 8,
     },
-    "1b": {"model": "llama3_2_1b", "overrides": [], "seq": 2048, "micro": 8},
-    "8b": {"model": "llama3_1_8b", "overrides": [], "seq": 2048, "micro": 4},
+    # issue 5's published baselines: LoRA r=16 on every linear layer of the decoder
+    "1b": {"model": "llama3_2_1b", "overrides": ["lora.r=16", "lora.alpha=32"], "seq": 2048, "micro": 8},
+    "8b": {"model": "llama3_1_8b", "overrides": ["lora.r=16", "lora.alpha=32"], "seq": 2048, "micro": 4},
 }
 RECIPES = {"lora": "lora_llama", "full": "full_finetune"}
 ARMS = ("hf+peft", "hf+peft+liger", "deepspeed", "ours", "ours+fast")
@@ -466,7 +468,11 @@ def run_ours(cfg: Any, examples: list[data.Tokenized]) -> Arm:
 def arm_config(args: argparse.Namespace, recipe: str, arm: str) -> Any:
     extra = []
     if arm == "ours+fast":
-        extra = ["model.fused_linear_ce=true", f"train.compile={str(args.compile).lower()}"]
+        extra = [
+            "model.fused_linear_ce=true",
+            f"model.kernels={args.kernels}",
+            f"train.compile={str(args.compile).lower()}",
+        ]
     return compose(args.shape, recipe, args.device, extra)
 
 
@@ -587,7 +593,7 @@ def measure_in_child(arm: str, recipe: str, kind: str, args: argparse.Namespace)
         str(Path(__file__).resolve()),
         "--shape", args.shape, "--device", args.device, "--steps", str(args.steps),
         "--warmup", str(args.warmup), "--seed", str(args.seed), "--recipes", recipe, "--data", kind,
-        "--only-arm", arm, "--compile" if args.compile else "--no-compile",
+        "--only-arm", arm, "--compile" if args.compile else "--no-compile", "--kernels", args.kernels,
     ]  # fmt: skip
     if args.threads:
         cmd += ["--threads", str(args.threads)]
@@ -670,6 +676,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--arms", default=",".join(ARMS), help=f"comma list of: {', '.join(ARMS)}")
     p.add_argument(
         "--compile", action=argparse.BooleanOptionalAction, default=None, help="ours+fast compiles"
+    )
+    p.add_argument(
+        "--kernels",
+        choices=("hf", "lean", "liger"),
+        default="lean",
+        help="model.kernels of ours+fast (RMSNorm/SwiGLU; liger: Liger's Triton kernels, CUDA)",
     )
     p.add_argument("--peak-tflops", type=float, default=None, help="peak FLOP/s of the device for MFU")
     p.add_argument(

@@ -88,6 +88,9 @@ class ModelConfig:
     gradient_checkpointing: bool = False  # recompute activations in backward to save memory
     train_embeddings: bool = False  # LoRA runs also train embeddings + LM head (for random-init bases)
     fused_linear_ce: bool = False  # chunked LM head + cross-entropy, never materializing the full logits
+    # RMSNorm/SwiGLU: hf (transformers' modules) | lean (our autograd functions: fewer saved activations, fused
+    # into single kernels by train.compile) | liger (Liger's Triton RMSNorm, SwiGLU, RoPE; CUDA, liger-kernel)
+    kernels: str = "hf"
 
 
 @dataclass

@@ -270,3 +270,126 @@ def compile_model(model: nn.Module, **options: Any) -> int:
     for layer in layers:
         layer.compile(**options)
     return len(layers)
+
+
+# ------------------------------------------------------------------------------------ lean RMSNorm and SwiGLU
+
+
+def _stats_dtype(t: torch.Tensor) -> torch.dtype:
+    """fp32 for half types and fp32, fp64 under gradcheck."""
+    return torch.promote_types(t.dtype, torch.float32)
+
+
+class RMSNormFunction(torch.autograd.Function):
+    """Llama's RMSNorm (``weight * (x * rsqrt(mean(x^2) + eps)).to(x.dtype)``, statistics in fp32) that saves
+    only its input and the per-row ``rstd`` for backward.
+
+    Autograd through transformers' module keeps the fp32 upcast of the input, the fp32 normalized rows and
+    their cast (6 bytes per bf16 element); this keeps 2. The forward is bitwise the module's.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:  # type: ignore[override]
+        xf = x.to(_stats_dtype(x))
+        rstd = torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+        ctx.save_for_backward(x, weight, rstd)
+        return weight * (xf * rstd).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx: Any, gy: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
+        x, weight, rstd = ctx.saved_tensors
+        acc = rstd.dtype
+        xhat = x.to(acc) * rstd
+        dx = dw = None
+        if ctx.needs_input_grad[1]:
+            normed = xhat.to(x.dtype).to(acc)
+            dw = (gy.to(acc) * normed).reshape(-1, x.shape[-1]).sum(0).to(weight.dtype)
+        if ctx.needs_input_grad[0]:
+            gn = (gy * weight).to(acc)  # the module multiplies in the weight's dtype, then upcasts
+            dx = (rstd * (gn - xhat * (gn * xhat).mean(-1, keepdim=True))).to(x.dtype)
+        return dx, dw, None
+
+
+class SwiGLUFunction(torch.autograd.Function):
+    """``silu(gate) * up`` that saves only ``gate`` and ``up`` (autograd also keeps ``silu(gate)``: a third
+    ``[tokens, intermediate]`` tensor per layer), recomputing the sigmoid in fp32 in backward."""
+
+    @staticmethod
+    def forward(ctx: Any, gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        ctx.save_for_backward(gate, up)
+        return F.silu(gate) * up
+
+    @staticmethod
+    def backward(ctx: Any, gy: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
+        gate, up = ctx.saved_tensors
+        acc = _stats_dtype(gate)
+        g, gyf = gate.to(acc), gy.to(acc)
+        sig = torch.sigmoid(g)
+        silu = g * sig
+        d_up = (gyf * silu).to(up.dtype) if ctx.needs_input_grad[1] else None
+        d_gate = None
+        if ctx.needs_input_grad[0]:
+            d_gate = (gyf * up.to(acc) * sig * (1.0 + g * (1.0 - sig))).to(gate.dtype)
+        return d_gate, d_up
+
+
+def _lean_rms_norm_forward(self: Any, hidden_states: torch.Tensor) -> torch.Tensor:
+    return RMSNormFunction.apply(hidden_states, self.weight, self.variance_epsilon)
+
+
+def _lean_mlp_forward(self: Any, x: torch.Tensor) -> torch.Tensor:
+    return self.down_proj(SwiGLUFunction.apply(self.gate_proj(x), self.up_proj(x)))
+
+
+def _is_rms_norm(mod: nn.Module) -> bool:
+    return type(mod).__name__.endswith("RMSNorm") and hasattr(mod, "variance_epsilon")
+
+
+def _is_swiglu_mlp(mod: nn.Module) -> bool:
+    act = getattr(mod, "act_fn", None)
+    silu = isinstance(act, nn.SiLU) or type(act).__name__ == "SiLUActivation"  # transformers' own class
+    return (
+        type(mod).__name__.endswith("MLP")
+        and all(hasattr(mod, n) for n in ("gate_proj", "up_proj", "down_proj"))
+        and silu
+    )
+
+
+def enable_lean_ops(model: nn.Module) -> dict[str, int]:
+    """Route every Llama-style RMSNorm and SiLU-gated MLP of ``model`` through the lean autograd functions, in
+    place (the instances' ``forward``; classes, parameters and state dict untouched). Idempotent; works before
+    or after peft wraps the model. Returns how many modules of each kind were switched."""
+    counts = {"rms_norm": 0, "swiglu": 0}
+    for mod in model.modules():
+        if _is_rms_norm(mod):
+            mod.forward = types.MethodType(_lean_rms_norm_forward, mod)  # type: ignore[method-assign]
+            counts["rms_norm"] += 1
+        elif _is_swiglu_mlp(mod):
+            mod.forward = types.MethodType(_lean_mlp_forward, mod)  # type: ignore[method-assign]
+            counts["swiglu"] += 1
+    return counts
+
+
+def enable_liger(model: nn.Module) -> None:
+    """Liger's Triton RMSNorm, SwiGLU and RoPE kernels on a Llama instance (CUDA only).
+
+    The loss stays ours (``model.fused_linear_ce``) so the logits rule and the tests are one. Liger swaps
+    RoPE in transformers' Llama module globally: every Llama in this process then uses it.
+    """
+    try:
+        from liger_kernel.transformers import apply_liger_kernel_to_llama
+    except ImportError as e:
+        from framework.errors import ConfigError
+
+        raise ConfigError(
+            f"model.kernels=liger needs the liger-kernel package ({e}); pip install liger-kernel, "
+            "or set model.kernels=lean"
+        ) from e
+    apply_liger_kernel_to_llama(
+        rope=True,
+        rms_norm=True,
+        swiglu=True,
+        cross_entropy=False,
+        fused_linear_cross_entropy=False,
+        model=model,
+    )

@@ -12,7 +12,8 @@ HF Llama forward, LoRA via peft or a full fine-tune) and adds up, per process:
 - **activations**: what autograd saves for backward in one micro batch of `micro_batch_size x max_seq_len`
   tokens, counted tensor by tensor for the HF Llama decoder layer (RMSNorm's fp32 upcast, q/k/v, attention
   output and log-sum-exp, SwiGLU's gate/up/act, the inputs LoRA's A matrices or the trained weights keep,
-  dropout outputs and masks); with gradient checkpointing only each layer's input plus one recomputed layer;
+  dropout outputs and masks; `model.kernels=lean|liger` keep less in RMSNorm and SwiGLU); with gradient
+  checkpointing only each layer's input plus one recomputed layer;
 - **logits**: the loss's peak. HF's loss keeps the logits ([tokens, vocab] in the model dtype), saves the fp32
   log-softmax and, in backward, holds two fp32 gradients of that size: (b + 12) bytes x vocab per token. With
   `model.fused_linear_ce` only chunks the size of the hidden states and the head's fp32 gradient remain;
@@ -170,6 +171,11 @@ class Estimate:
         return d
 
 
+def _lean_kernels(cfg: Any) -> bool:
+    """RMSNorm and SwiGLU that save only their inputs (``model.kernels`` lean, or Liger's, which do the same)."""
+    return _get(cfg, "model.kernels", "hf") in ("lean", "liger")
+
+
 def layer_activation_bytes(cfg: Any, *, first: bool = False) -> float:
     """Bytes autograd saves per token in one decoder layer (no checkpointing)."""
     s = shapes(cfg)
@@ -180,17 +186,20 @@ def layer_activation_bytes(cfg: Any, *, first: bool = False) -> float:
     h, i, kv, q = s.hidden, s.intermediate, s.kv_dim, s.q_dim
     seq = int(_get(cfg, "dataset.max_seq_len", 2048))
 
-    # RMSNorm upcasts its input to fp32 and keeps it and the fp32 rsqrt, twice per layer. The first layer's
-    # input is the embedding output, which needs no gradient when the embeddings are frozen (LoRA).
+    # RMSNorm upcasts its input to fp32 and keeps it and the fp32 rsqrt, twice per layer (lean/liger kernels:
+    # the input in the model dtype and rstd). The first layer's input is the embedding output, which needs no
+    # gradient when the embeddings are frozen (LoRA).
+    lean = _lean_kernels(cfg)
     frozen_embed = not full and not _get(cfg, "model.train_embeddings", False)
-    act = (4 * h + 4) * (1 if first and frozen_embed else 2)
+    act = ((b if lean else 4) * h + 4) * (1 if first and frozen_embed else 2)
     act += b * (q + 2 * kv + q) + 4 * s.heads  # q, k (rotated), v, attention output (= o_proj input), lse
-    act += b * 3 * i  # SwiGLU: gate, up, act(gate)
+    act += b * (2 if lean else 3) * i  # SwiGLU: gate, up, act(gate) (lean/liger: act is recomputed)
     if attn == "eager":
         # softmax probabilities (fp32) and their cast, over the whole row; k/v repeated to every head
         act += (4 + (b if b != 4 else 0)) * s.heads * seq + 2 * b * (q - kv)
     if full:
-        act += b * (2 * h)  # the normalized inputs the two RMSNorm weights need
+        if not lean:
+            act += b * (2 * h)  # the normalized inputs the two RMSNorm weights need (lean: recomputed)
         act += b * (h + h + i)  # inputs of q/k/v, gate/up, down (o's input is the attention output)
         return float(act)
 
@@ -225,8 +234,9 @@ def activation_bytes(cfg: Any) -> float:
         )  # each layer's input, plus one layer recomputed in backward
     else:
         per_token = first + (s.layers - 1) * rest
-    per_token += 4 * s.hidden + 4  # final RMSNorm (fp32 input, rsqrt)
-    if pc.norms_trainable:
+    lean = _lean_kernels(cfg)
+    per_token += (b if lean else 4) * s.hidden + 4  # final RMSNorm (fp32 input, rsqrt)
+    if pc.norms_trainable and not lean:
         per_token += b * s.hidden
     if pc.head_trainable:
         per_token += 8  # token ids, for the embedding's gradient
@@ -300,6 +310,8 @@ def fixes(cfg: Any, est: Estimate) -> list[str]:
     world = int(_get(cfg, "hardware.nodes", 1)) * int(_get(cfg, "hardware.nproc_per_node", 1))
     if not _get(cfg, "model.fused_linear_ce", False) and est.logits > 0.1 * est.total:
         out.append(f"model.fused_linear_ce=true (the logits take {est.logits / GB:.1f} GB)")
+    if not _lean_kernels(cfg) and est.activations > 0.1 * est.total:
+        out.append("model.kernels=lean (RMSNorm and SwiGLU keep about a third less for backward)")
     if not _get(cfg, "model.gradient_checkpointing", False) and est.activations > 0.1 * est.total:
         out.append(f"model.gradient_checkpointing=true (activations take {est.activations / GB:.1f} GB)")
     mb = int(_get(cfg, "train.micro_batch_size", 1))

@@ -86,6 +86,15 @@ def build_model(cfg: DictConfig, vocab_len: int) -> Any:
         from framework.kernels import enable_fused_linear_ce
 
         enable_fused_linear_ce(model)  # the loss from hidden states in chunks; no [tokens, vocab] logits
+    kernels = m.get("kernels", "hf")
+    if kernels == "lean":
+        from framework.kernels import enable_lean_ops
+
+        enable_lean_ops(model)
+    elif kernels == "liger":
+        from framework.kernels import enable_liger
+
+        enable_liger(model)
     return model
 
 

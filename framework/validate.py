@@ -23,6 +23,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "optim.name": ("adamw", "sgd"),
     "scheduler.name": ("cosine", "constant"),
     "model.attn_implementation": ("eager", "sdpa", "flash_attention_2", "flex_attention"),
+    "model.kernels": ("hf", "lean", "liger"),
     "dataset.overlong": ("truncate", "drop"),
     "hardware.accelerator": ("cpu", "cuda"),
     "hardware.precision": ("fp32", "bf16", "fp16"),
@@ -172,6 +173,8 @@ def validate(
         problems.append("hardware.precision=fp16 needs a GPU; on CPU use fp32 (or bf16)")
     if hw.accelerator == "cpu" and cfg.model.attn_implementation == "flash_attention_2":
         problems.append("model.attn_implementation=flash_attention_2 needs a GPU; on CPU use sdpa")
+    if hw.accelerator == "cpu" and cfg.model.get("kernels") == "liger":
+        problems.append("model.kernels=liger runs Triton GPU kernels; on CPU use model.kernels=lean")
     if hw.accelerator == "cuda" and hw.gpus_per_node and hw.nproc_per_node > hw.gpus_per_node:
         problems.append(
             f"hardware.nproc_per_node={hw.nproc_per_node} exceeds hardware.gpus_per_node={hw.gpus_per_node}"

@@ -16,9 +16,13 @@ from framework import dataset as data
 from framework.config import conf_dir, register
 from framework.kernels import (
     FusedLinearCrossEntropy,
+    RMSNormFunction,
+    SwiGLUFunction,
     compile_model,
     default_chunk_tokens,
     enable_fused_linear_ce,
+    enable_lean_ops,
+    enable_liger,
     head_weight,
     linear_cross_entropy,
 )
@@ -60,9 +64,9 @@ def perturb_lora(model: nn.Module) -> None:
                 p.copy_(torch.randn(p.shape, generator=g) * 0.1)
 
 
-def make_pair(*overrides: str) -> tuple[nn.Module, nn.Module]:
-    """The reference model and the same weights with model.fused_linear_ce=true, built by the framework."""
-    ref_cfg, fused_cfg = cfg_for(*overrides), cfg_for(*overrides, "model.fused_linear_ce=true")
+def make_pair(*overrides: str, switch: str = "model.fused_linear_ce=true") -> tuple[nn.Module, nn.Module]:
+    """The reference model and the same weights with ``switch`` on, both built by the framework."""
+    ref_cfg, fused_cfg = cfg_for(*overrides), cfg_for(*overrides, switch)
     models = []
     for cfg in (ref_cfg, fused_cfg):
         m = build_model(cfg, 100)
@@ -89,14 +93,16 @@ def grads(model: nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
-def check_same(ref: nn.Module, fused: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def check_same(
+    ref: nn.Module, fused: nn.Module, batch: dict[str, torch.Tensor], *, logits: bool = False
+) -> dict[str, torch.Tensor]:
     ref.train()
     fused.train()
     l_ref = ref(**batch).loss
     l_ref.backward()
     out = fused(**batch)
     out.loss.backward()
-    assert out.logits is None  # never materialized
+    assert (out.logits is not None) == logits  # the fused loss never materializes them
     torch.testing.assert_close(out.loss, l_ref, rtol=0, atol=1e-5)
     g_ref, g_fused = grads(ref), grads(fused)
     assert g_ref.keys() == g_fused.keys() and g_ref
@@ -210,6 +216,107 @@ def test_chunk_size_rule_agrees_with_memory_estimate() -> None:
     for n, h, v in ((16384, 2048, 128256), (8192, 4096, 128256), (2048, 64, 2048), (300, 32, 128)):
         assert min(n, default_chunk_tokens(n, h, v)) == fused_chunk_tokens(n, h, v)
     assert default_chunk_tokens(16384, 2048, 128256) == 1024  # 16 chunks of 0.5 GB fp32 logits, not 8.4 GB
+
+
+# ----------------------------------------------------------------------------------------------- lean ops
+
+
+def test_lean_functions_gradcheck() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(3, 5, 8, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(8, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a, b: RMSNormFunction.apply(a, b, 1e-5), (x, w))
+    gate = torch.randn(4, 6, dtype=torch.float64, requires_grad=True)
+    up = torch.randn(4, 6, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(SwiGLUFunction.apply, (gate, up))
+
+
+def test_lean_rms_norm_forward_is_bitwise_hf_and_bf16_grads_close() -> None:
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+    torch.manual_seed(0)
+    for dtype, tol in ((torch.float32, 1e-6), (torch.bfloat16, 1e-2)):
+        norm = LlamaRMSNorm(64, eps=1e-5).to(dtype)
+        with torch.no_grad():
+            norm.weight.uniform_(0.5, 1.5)
+        x = torch.randn(2, 7, 64, dtype=dtype, requires_grad=True)
+        gy = torch.randn(2, 7, 64, dtype=dtype)
+        ref = norm(x)
+        ref_dx, ref_dw = torch.autograd.grad(ref, (x, norm.weight), gy)
+        out = RMSNormFunction.apply(x, norm.weight, norm.variance_epsilon)
+        dx, dw = torch.autograd.grad(out, (x, norm.weight), gy)
+        assert torch.equal(out, ref)
+        torch.testing.assert_close(dx, ref_dx, rtol=tol, atol=tol)
+        torch.testing.assert_close(dw.float(), ref_dw.float(), rtol=tol, atol=tol * 10)
+
+
+def test_lean_ops_lora_matches_hf_loss_and_grads() -> None:
+    ref, lean = make_pair("model.train_embeddings=true", "lora.dropout=0", switch="model.kernels=lean")
+    g = check_same(ref, lean, packed_batch(), logits=True)
+    assert any("lora_A" in n for n in g) and any("embed_tokens" in n for n in g)
+
+
+def test_lean_ops_full_finetune_with_fused_ce_matches_hf() -> None:
+    """Both switches together; the norms' weight gradients come from the recomputed normalized rows."""
+    ref, lean = make_pair("recipe=full_finetune", switch="model.kernels=lean")
+    enable_fused_linear_ce(lean)
+    g = check_same(ref, lean, packed_batch())
+    assert "model.norm.weight" in g and "model.layers.0.mlp.gate_proj.weight" in g
+
+
+def test_lean_ops_switch_every_norm_and_mlp_and_keep_state_dict() -> None:
+    cfg = cfg_for("model.kernels=lean")
+    m = build_model(cfg, 100)
+    plain = build_model(cfg_for(), 100)
+    assert list(m.state_dict()) == list(plain.state_dict())
+    # 2 layers x (input + post-attention norm) + the final norm; one MLP per layer; idempotent
+    assert enable_lean_ops(m) == {"rms_norm": 5, "swiglu": 2}
+    assert enable_lean_ops(apply_lora(m, cfg)) == {"rms_norm": 5, "swiglu": 2}
+
+
+def test_lean_ops_save_less_for_backward() -> None:
+    """The point of the switch: fewer saved bytes in bf16 (measured with saved-tensor hooks)."""
+
+    def saved_bytes(model: nn.Module) -> int:
+        seen: dict[int, int] = {}
+
+        def pack(t: torch.Tensor) -> torch.Tensor:
+            seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            model(**packed_batch()).loss.backward()
+        return sum(seen.values())
+
+    ref, lean = make_pair("recipe=full_finetune", switch="model.kernels=lean")
+    ref, lean = ref.to(torch.bfloat16), lean.to(torch.bfloat16)
+    assert saved_bytes(lean) < 0.85 * saved_bytes(ref)
+
+
+def test_lean_ops_compile_traces_and_matches_eager() -> None:
+    torch._dynamo.reset()
+    cfg = cfg_for("lora.dropout=0", "model.kernels=lean")
+    eager = apply_lora(build_model(cfg, 100), cfg)
+    perturb_lora(eager)
+    compiled = copy.deepcopy(eager)
+    assert compile_model(compiled, backend="aot_eager", fullgraph=True) == 2
+    batch = packed_batch()
+    assert _two_steps(compiled, batch) == pytest.approx(_two_steps(eager, batch), abs=1e-5)
+
+
+def test_liger_switch_is_refused_on_cpu_and_names_the_package() -> None:
+    from framework.validate import validate
+
+    problems = validate(cfg_for("model.kernels=liger"))
+    assert any("model.kernels=liger" in p and "lean" in p for p in problems), problems
+    assert any("model.kernels='bogus'" in p for p in validate(cfg_for("model.kernels=bogus")))
+    try:
+        import liger_kernel  # noqa: F401
+    except ImportError:
+        from framework.errors import ConfigError
+
+        with pytest.raises(ConfigError, match="liger-kernel"):
+            enable_liger(build_model(cfg_for(), 100))
 
 
 # ----------------------------------------------------------------------------------------------- LoRA work
