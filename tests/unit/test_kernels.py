@@ -401,7 +401,7 @@ def _summed_loss(model: Any, **batch: torch.Tensor) -> torch.Tensor:
     return model(**batch).loss * n
 
 
-@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize("attn", ["sdpa", "eager", "flex_attention"])
 def test_packed_row_loss_is_sum_of_separate_documents(attn: str) -> None:
     """No cross-document attention: a packed row's summed loss (and each logit) equals that of its documents
     run one by one; with position ids that do not restart (one long document) it does not."""
