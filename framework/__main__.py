@@ -7,6 +7,7 @@ SIGTERM after saving a checkpoint. Errors print one clear message without a trac
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import os
@@ -14,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import traceback
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -165,6 +167,34 @@ def _known_keys(full_key: str) -> list[str] | None:
     return None
 
 
+_CONFIG_FLAGS = ("-cp", "-cn", "-cd", "--config-path", "--config-name", "--config-dir")
+
+
+def mode_is_unset(args: list[str]) -> bool:
+    """True when ``hydra.mode`` is certainly unset for this command line: our primary config, no launcher
+    choice (``launcher=kubernetes`` sets it), no mode or search-path override. Hydra then needs no extra
+    compose."""
+    for a in args:
+        key = a.split("=", 1)[0].lstrip("+~")
+        if a.startswith(_CONFIG_FLAGS) or "launcher" in key or key in ("hydra.mode", "hydra.searchpath"):
+            return False
+    return True
+
+
+@contextlib.contextmanager
+def _single_compose(args: list[str]) -> Iterator[None]:
+    """Skip the compose Hydra runs only to read ``hydra.mode`` (about 0.2 s of start-up) when it is unset."""
+    from hydra._internal.hydra import Hydra
+
+    original = Hydra.get_mode
+    if mode_is_unset(args):
+        Hydra.get_mode = lambda self, config_name, overrides: None  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        Hydra.get_mode = original  # type: ignore[method-assign]
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console entry point; returns the process exit code."""
     args = sys.argv[1:] if argv is None else list(argv)
@@ -175,7 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     _failed_jobs.clear()
     app = hydra.main(config_path=str(conf_dir()), config_name="config", version_base="1.3")(task)
     try:
-        app()
+        with _single_compose(args):
+            app()
     except SystemExit as e:
         return int(e.code) if isinstance(e.code, int) else (0 if e.code is None else EXIT_USAGE)
     except BaseException as e:  # noqa: BLE001 - the single place errors become exit codes

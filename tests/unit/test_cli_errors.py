@@ -69,3 +69,19 @@ def test_malformed_data_names_file_and_line(tmp_path: Path) -> None:
         tmp_path,
         f"{data}:2: malformed JSON",
     )
+
+
+def test_mode_is_unset_only_when_nothing_can_set_it() -> None:
+    from framework.__main__ import mode_is_unset
+
+    assert mode_is_unset([])
+    assert mode_is_unset(["-m", "optim.lr=1e-4,3e-4", "hydra.run.dir=/tmp/x", "recipe=full_finetune"])
+    for args in (
+        ["launcher=kubernetes"],
+        ["+launcher=kubernetes"],
+        ["hydra.mode=RUN"],
+        ["hydra.searchpath=[file:///x]"],
+        ["--config-path=/etc/framework", "--config-name=config"],
+        ["-cn", "other"],
+    ):
+        assert not mode_is_unset(args), args
