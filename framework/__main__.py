@@ -32,7 +32,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 from framework import distributed as dist
-from framework.config import Config, conf_dir, register
+from framework.config import Config, conf_dir, register, resolved_yaml
 from framework.errors import EXIT_RUNTIME, EXIT_USAGE, ConfigError, FrameworkError, Preempted
 from framework.validate import check
 from recipes import RECIPES
@@ -50,14 +50,6 @@ def _gpu_count() -> int:
 def recipe_entry(name: str) -> Any:
     module, _, func = RECIPES[name].partition(":")
     return getattr(importlib.import_module(module), func)
-
-
-def write_resolved(cfg: DictConfig, path: Path) -> None:
-    plain = OmegaConf.to_container(cfg, resolve=True)
-    assert isinstance(plain, dict)
-    plain.pop("hydra", None)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(OmegaConf.to_yaml(OmegaConf.create(plain)))
 
 
 def spawn_torchrun(cfg: DictConfig, run_dir: str) -> dict[str, Any]:
@@ -79,7 +71,7 @@ def spawn_torchrun(cfg: DictConfig, run_dir: str) -> dict[str, Any]:
     from framework import storage
 
     with tempfile.TemporaryDirectory(prefix="framework-launch-") as tmp:
-        write_resolved(cfg, Path(tmp) / "config.yaml")
+        (Path(tmp) / "config.yaml").write_text(resolved_yaml(cfg))
         # A remote run directory comes from storage.output_uri in the config; Hydra's own dir stays local.
         hydra_dir = Path(tmp) / "hydra" if storage.is_remote(run_dir) else run_dir
         cmd = [

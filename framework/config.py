@@ -12,8 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue
 
+from framework.errors import ConfigError
 from framework.launcher_config import LauncherConfig
 from framework.storage_config import StorageConfig
 from framework.tracking_config import TrackingConfig
@@ -181,3 +183,25 @@ def conf_dir() -> Path:
     if (src / "config.yaml").is_file():
         return src
     return here / "conf"
+
+
+def resolved(cfg: DictConfig) -> dict[str, Any]:
+    """The fully resolved config as plain data, without the ``hydra`` node (Hydra's own settings, which only
+    resolve inside a running Hydra app). A mandatory key left unset raises ConfigError naming it."""
+    plain: dict[str, Any] = {}
+    try:
+        for key in cfg:
+            if key != "hydra":
+                value = cfg[key]
+                is_node = OmegaConf.is_config(value)
+                plain[str(key)] = (
+                    OmegaConf.to_container(value, resolve=True, throw_on_missing=True) if is_node else value
+                )
+    except MissingMandatoryValue as e:
+        raise ConfigError(f"{e.full_key} is required but not set; pass {e.full_key}=<value>") from e
+    return plain
+
+
+def resolved_yaml(cfg: DictConfig) -> str:
+    """:func:`resolved` as YAML: the run directory's ``config.yaml``, what torchrun workers and pods read."""
+    return OmegaConf.to_yaml(OmegaConf.create(resolved(cfg)))

@@ -222,10 +222,9 @@ class RunDir:
             storage.get_file(remote, self.metrics)
 
     def write_config(self, cfg: DictConfig) -> None:
-        plain = OmegaConf.to_container(cfg, resolve=True)
-        assert isinstance(plain, dict)
-        plain.pop("hydra", None)
-        (self.path / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(plain)))
+        from framework.config import resolved_yaml
+
+        (self.path / "config.yaml").write_text(resolved_yaml(cfg))
         self.publish("config.yaml")
 
     def truncate_metrics(self, after_step: int) -> None:

@@ -22,8 +22,8 @@ from typing import Any
 
 import yaml
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import MissingMandatoryValue
 
+from framework.config import resolved as resolved_config
 from framework.errors import ConfigError
 
 Manifest = dict[str, Any]
@@ -167,22 +167,6 @@ def container_args(cfg: DictConfig, name: str) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------- config
-def resolved_config(cfg: DictConfig) -> dict[str, Any]:
-    """The fully resolved config as plain data, without the ``hydra`` node (which is never resolved)."""
-    plain: dict[str, Any] = {}
-    try:
-        for key in cfg:
-            if key != "hydra":
-                value = cfg[key]
-                is_node = OmegaConf.is_config(value)
-                plain[str(key)] = (
-                    OmegaConf.to_container(value, resolve=True, throw_on_missing=True) if is_node else value
-                )
-    except MissingMandatoryValue as e:
-        raise ConfigError(f"{e.full_key} is required but not set; pass {e.full_key}=<value>") from e
-    return plain
-
-
 def config_yaml(plain: dict[str, Any]) -> str:
     # What OmegaConf.to_yaml(cfg, resolve=True) writes, with libyaml's emitter: ~10x faster for big sweeps.
     return yaml.dump(plain, Dumper=_SafeDumper, default_flow_style=False, allow_unicode=True, sort_keys=False)
