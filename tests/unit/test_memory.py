@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from typing import Any
 
 import pytest
 import torch
@@ -19,15 +18,9 @@ from framework.model import DTYPES, apply_lora, build_model
 from framework.validate import validate, with_schema
 from tests.helpers import ROOT
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 SMALL = ["train.micro_batch_size=2", "dataset.max_seq_len=64"]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Any:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def cfg_for(*overrides: str) -> DictConfig:
