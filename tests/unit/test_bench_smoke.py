@@ -119,3 +119,21 @@ def test_tiny_run_prints_every_row() -> None:
                 else:
                     assert match[0].split()[3].replace(",", "").isdigit(), match[0]  # tokens/s measured
             assert f"{kind}/{recipe}: ours = " in out and f"{kind}/{recipe}: ours+fast = " in out
+
+
+@pytest.mark.parametrize("shape", ["1b", "8b"])
+def test_gpu_shapes_compose_for_every_recipe_and_arm(shape: str) -> None:
+    """The GPU runs cannot be tried here: every arm's config for them must at least compose and validate."""
+    from framework.validate import validate
+
+    args = bt.parse_args(["--shape", shape, "--device", "cuda", "--no-compile", "--kernels", "liger"])
+    for recipe in bt.RECIPES:
+        for arm in bt.ARMS:
+            cfg = bt.arm_config(args, recipe, arm)
+            assert cfg.hardware.precision == "bf16" and cfg.dataset.max_seq_len == 2048
+            problems = [p for p in validate(cfg, gpu_count=lambda: 1) if "nproc" not in p]
+            assert not problems, (recipe, arm, problems)
+            if recipe == "lora":
+                assert cfg.lora.r == 16  # the published baselines' rank
+            if arm == "ours+fast":
+                assert cfg.model.fused_linear_ce and cfg.model.kernels == "liger"
