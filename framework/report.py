@@ -25,6 +25,7 @@ import fsspec
 import yaml
 
 from framework.errors import EXIT_OK, EXIT_RUNTIME, EXIT_USAGE
+from framework.tables import best_first, fmt, ranked_table
 
 METRICS = "metrics.jsonl"
 # Keys that differ between jobs without being a choice of the sweep.
@@ -210,38 +211,28 @@ def _unstrip(fs: Any, uri: str, path: str) -> str:
 # ------------------------------------------------------------------------------------------------ output
 
 
-def _fmt(x: float | None, spec: str) -> str:
-    return "-" if x is None or math.isnan(x) else format(x, spec)
-
-
 def ranked(jobs: Sequence[JobMetrics]) -> list[JobMetrics]:
     """Best (lowest final eval loss) first; jobs without an eval last, in job order."""
-    return sorted(jobs, key=lambda j: (j.final_eval_loss is None, j.final_eval_loss or 0.0))
+    return best_first(jobs, lambda j: j.final_eval_loss)
 
 
 def format_table(jobs: Sequence[JobMetrics]) -> str:
     """A plain-text table of final metrics, best first, the best job marked with '*'."""
-    order = ranked(jobs)
-    best = order[0] if order and order[0].final_eval_loss is not None else None
-    header = ("", "job", "overrides", "eval_loss", "perplexity", "train_loss", "tokens/s", "steps")
-    rows = [
-        (
-            "*" if j is best else "",
+    return ranked_table(
+        "Final metrics (best eval_loss first):",
+        ("job", "overrides", "eval_loss", "perplexity", "train_loss", "tokens/s", "steps"),
+        jobs,
+        lambda j: j.final_eval_loss,
+        lambda j: (
             j.name,
             j.label,
-            _fmt(j.final_eval_loss, ".4f"),
-            _fmt(j.final_perplexity, ".3f"),
-            _fmt(j.final_loss, ".4f"),
-            _fmt(j.mean_tokens_per_s, ".0f"),
+            fmt(j.final_eval_loss, ".4f"),
+            fmt(j.final_perplexity, ".3f"),
+            fmt(j.final_loss, ".4f"),
+            fmt(j.mean_tokens_per_s, ".0f"),
             "-" if j.last_step is None else str(j.last_step),
-        )
-        for j in order
-    ]
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    out = ["Final metrics (best eval_loss first):"]
-    for cells in [header, *rows]:
-        out.append("  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip())
-    return "\n".join(out)
+        ),
+    )
 
 
 def plot(jobs: Sequence[JobMetrics], out: str, title: str) -> None:

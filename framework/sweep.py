@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -11,6 +10,8 @@ from typing import Any
 from hydra.core.utils import JobReturn
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
+
+from framework.tables import fmt, ranked_table
 
 
 @dataclass
@@ -35,34 +36,22 @@ class JobSummary:
         )
 
 
-def _fmt(x: float | None, spec: str) -> str:
-    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
-
-
 def format_summary(rows: Sequence[JobSummary]) -> str:
     """A plain-text table, best (lowest final eval loss) first, the best job marked with '*'."""
-    ranked = sorted(
-        rows, key=lambda r: (r.eval_loss is None, r.eval_loss if r.eval_loss is not None else 0.0)
-    )
-    best = ranked[0] if ranked and ranked[0].eval_loss is not None else None
-    header = ("", "overrides", "status", "eval_loss", "tokens/s", "wall_s", "run_dir")
-    lines = [
-        (
-            "*" if r is best else "",
+    return ranked_table(
+        "Sweep summary (best first):",
+        ("overrides", "status", "eval_loss", "tokens/s", "wall_s", "run_dir"),
+        rows,
+        lambda r: r.eval_loss,
+        lambda r: (
             r.overrides,
             r.status,
-            _fmt(r.eval_loss, ".4f"),
-            _fmt(r.tokens_per_s, ".0f"),
-            _fmt(r.wall_s, ".1f"),
+            fmt(r.eval_loss, ".4f"),
+            fmt(r.tokens_per_s, ".0f"),
+            fmt(r.wall_s, ".1f"),
             r.run_dir or "-",
-        )
-        for r in ranked
-    ]
-    widths = [max(len(str(c[i])) for c in [header, *lines]) for i in range(len(header))]
-    out = ["Sweep summary (best first):"]
-    for cells in [header, *lines]:
-        out.append("  ".join(str(c).ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip())
-    return "\n".join(out)
+        ),
+    )
 
 
 class SweepSummaryCallback(Callback):
