@@ -214,7 +214,7 @@ class TensorBoardTracker:
     name = "tensorboard"
     fix = "check that tracking.tensorboard.log_dir is writable"
 
-    def __init__(self, log_dir: str) -> None:
+    def __init__(self, log_dir: str, start_step: int = 0) -> None:
         from tensorboard.compat.proto import event_pb2, summary_pb2
         from tensorboard.compat.proto.tensor_pb2 import TensorProto
         from tensorboard.compat.proto.tensor_shape_pb2 import TensorShapeProto
@@ -232,6 +232,11 @@ class TensorBoardTracker:
         fname = f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}.{id(self)}"
         self._writer = RecordWriter(open(os.path.join(log_dir, fname), "wb"))  # noqa: SIM115 (closed in close())
         self._write(self._event(wall_time=time.time(), file_version="brain.Event:2"))
+        if start_step > 0:
+            # A resumed run re-logs the steps after its checkpoint: a session START at the first of them makes
+            # TensorBoard drop what the interrupted run wrote from there on (as SummaryWriter's purge_step).
+            log = event_pb2.SessionLog(status=event_pb2.SessionLog.START)
+            self._write(self._event(wall_time=time.time(), step=start_step + 1, session_log=log))
         self.flush()
 
     def _write(self, event: Any) -> None:
@@ -657,11 +662,11 @@ def _local_dir(target: str, mirrors: list[_Mirror], download: bool = False) -> s
 
 
 def _build_backend(
-    name: str, cfg: TrackingConfig, run_dir: str, run_name: str, mirrors: list[_Mirror]
+    name: str, cfg: TrackingConfig, run_dir: str, run_name: str, mirrors: list[_Mirror], start_step: int
 ) -> Tracker:
     if name == "tensorboard":
         target = cfg.tensorboard.log_dir or _join(run_dir, "tensorboard")
-        return TensorBoardTracker(_local_dir(target, mirrors))
+        return TensorBoardTracker(_local_dir(target, mirrors), start_step)
     if name == "mlflow":
         uri = cfg.mlflow.tracking_uri or "file:" + _local_dir(
             _join(run_dir, "mlruns"), mirrors, download=True
@@ -677,11 +682,11 @@ _FIXES = {"tensorboard": TensorBoardTracker.fix, "mlflow": MlflowTracker.fix, "w
 
 
 def _start_backend(
-    name: str, cfg: TrackingConfig, run_dir: str, run_name: str, mirrors: list[_Mirror]
+    name: str, cfg: TrackingConfig, run_dir: str, run_name: str, mirrors: list[_Mirror], start_step: int
 ) -> Tracker | None:
     """The backend, or None after a WARNING naming the reason and the fix."""
     try:
-        return _build_backend(name, cfg, run_dir, run_name, mirrors)
+        return _build_backend(name, cfg, run_dir, run_name, mirrors, start_step)
     except ImportError as exc:
         log.warning(
             "tracking: %s is not installed (%s); continuing without it. Fix: %s", name, exc, INSTALL_FIX
@@ -703,11 +708,13 @@ def make_trackers(
     run_name: str,
     resolved_config: Mapping[str, Any] | Any,
     is_rank0: bool,
+    start_step: int = 0,
 ) -> MultiTracker:
     """Start the configured trackers and log the resolved config as params.
 
     ``cfg_tracking``: a TrackingConfig, or the ``tracking`` node of a composed config. ``run_dir``: the run
     directory (local path or URI). ``resolved_config``: the whole resolved config (a mapping or a DictConfig).
+    ``start_step``: the step a resumed run continues from (TensorBoard then drops the later steps it had).
     Non-rank-0 processes get a no-op. Raises ConfigError for an invalid tracking config (on every rank).
     """
     cfg = _as_tracking_config(cfg_tracking)
@@ -722,7 +729,9 @@ def make_trackers(
 
     mirrors: list[_Mirror] = []
     backends = [
-        b for b in (_start_backend(n, cfg, run_dir, run_name, mirrors) for n in names) if b is not None
+        b
+        for b in (_start_backend(n, cfg, run_dir, run_name, mirrors, start_step) for n in names)
+        if b is not None
     ]
     tracker = MultiTracker(
         backends,

@@ -18,11 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from framework import checkpoint
 from framework import dataset as data
 from framework import distributed as dist
+from framework.config import resolved, resolved_yaml
 from framework.errors import ConfigError, DataError, Preempted
 
 log = logging.getLogger("framework")
@@ -222,7 +223,6 @@ class RunDir:
             storage.get_file(remote, self.metrics)
 
     def write_config(self, cfg: DictConfig) -> None:
-        from framework.config import resolved_yaml
 
         (self.path / "config.yaml").write_text(resolved_yaml(cfg))
         self.publish("config.yaml")
@@ -452,9 +452,7 @@ def train(
             run.fetch_metrics()
             run.truncate_metrics(step)
 
-    tracker = make_trackers(
-        cfg.tracking, run.uri, cfg.run_name, OmegaConf.to_container(cfg, resolve=True), rank0
-    )
+    tracker = make_trackers(cfg.tracking, run.uri, cfg.run_name, resolved(cfg), rank0, start_step=step)
     prom = maybe_start_metrics_server(cfg.tracking.prometheus, cfg.run_name)
     metrics = MetricsLog(run.metrics, rank0, [lambda r: tracker.log_metrics(r, r["step"])])
     stop = StopFlag()

@@ -279,6 +279,27 @@ def test_mlflow_resumes_the_run_of_the_same_run_dir(tmp_path: Path) -> None:
     assert run.info.status == "FINISHED"
 
 
+def test_tensorboard_resume_drops_the_steps_it_re_logs(tmp_path: Path) -> None:
+    """Preempted at step 10 with the last checkpoint at 5: the resumed run logs 6.. again, and TensorBoard
+    shows each step once, with the resumed run's values."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = TrackingConfig(backends=["tensorboard"])
+    first = make_trackers(cfg, str(tmp_path), "r", RESOLVED, True)
+    for step in range(1, 11):
+        first.log_metrics({"loss": float(step)}, step)
+    first.close("KILLED")
+    time.sleep(1.1)  # event files are named by the second they are opened; TensorBoard reads them in order
+    second = make_trackers(cfg, str(tmp_path), "r", RESOLVED, True, start_step=5)
+    for step in range(6, 9):
+        second.log_metrics({"loss": 100.0 + step}, step)
+    second.close()
+    acc = EventAccumulator(str(tmp_path / "tensorboard"))
+    acc.Reload()
+    got = [(e.step, e.value) for e in acc.Scalars("loss")]
+    assert got == [(s, float(s)) for s in range(1, 6)] + [(s, 100.0 + s) for s in range(6, 9)]
+
+
 def test_remote_run_dir_is_staged_and_uploaded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
     run_dir = "memory://bucket/runs/remote-demo"
