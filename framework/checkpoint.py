@@ -263,25 +263,35 @@ def prune_remote(remote_root: str, keep_last: int, latest: str) -> None:
             storage.remove(storage.join(remote_root, tag), recursive=True, missing_ok=True)
 
 
-def fetch_remote(remote_root: str, local_root: Path) -> str | None:
-    """Download the committed checkpoint (the one remote ``latest`` names) into ``local_root``; return its tag.
+def fetch_remote(remote_root: str, local_root: Path, tag: str | None = None) -> str | None:
+    """Download a committed checkpoint into ``local_root``; return its tag. ``tag``: which one (default: the
+    one remote ``latest`` names; None when there is none).
 
     Local rank 0 of every node downloads; the others wait at the barrier.
     """
     from framework import storage
 
-    marker = storage.join(remote_root, LATEST)
-    tag: str | None = None
-    if storage.exists(marker):
-        tag = storage.read_text(marker).strip()
-        if not TAG_RE.match(tag):
-            raise CheckpointError(f"{marker} holds {tag!r}, not a checkpoint tag; fix it or use resume=none")
+    chosen = tag is not None
+    if tag is None:
+        marker = storage.join(remote_root, LATEST)
+        if storage.exists(marker):
+            tag = storage.read_text(marker).strip()
+            if not TAG_RE.match(tag):
+                raise CheckpointError(
+                    f"{marker} holds {tag!r}, not a checkpoint tag; fix it or use resume=none"
+                )
+    elif not TAG_RE.match(tag):
+        raise CheckpointError(f"{tag!r} is not a checkpoint tag (step_<N>)")
     if tag is not None and dist.local_rank() == 0:
         target = local_root / tag
         shutil.rmtree(target, ignore_errors=True)
         remote_tag = storage.join(remote_root, tag)
         if not storage.exists(storage.join(remote_tag, MANIFEST)):
-            raise CheckpointError(f"{remote_tag} has no {MANIFEST}; it was never committed: use resume=none")
+            # A checkpoint the user named that is not there is a config error (exit 2, never retried).
+            raise (ConfigError if chosen else CheckpointError)(
+                f"{remote_tag} has no {MANIFEST}: it does not exist or was never committed; "
+                "resume from another checkpoint, or use resume=auto or resume=none"
+            )
         storage.download_dir(remote_tag, target)
         _atomic_write(local_root / LATEST, tag)
     dist.barrier()

@@ -337,7 +337,10 @@ def compat_state(cfg: DictConfig) -> dict[str, Any]:
 
 
 def resolve_resume(cfg: DictConfig, run: RunDir) -> tuple[Path, str] | None:
-    """Which checkpoint to resume from: auto (latest if any) | none | <step> | <path to a checkpoint dir>."""
+    """Which checkpoint to resume from: auto (latest if any) | none | <step> | <checkpoint dir, or a checkpoints
+    dir with ``latest``: local or a URI>. Remote checkpoints are downloaded first (by each node)."""
+    from framework import storage
+
     mode = str(cfg.resume)
     if mode == "none":
         return None
@@ -349,9 +352,24 @@ def resolve_resume(cfg: DictConfig, run: RunDir) -> tuple[Path, str] | None:
         return (run.checkpoints, tag) if tag else None
     if mode.isdigit():
         tag = checkpoint.tag_for(int(mode))
-        if not (run.checkpoints / tag).is_dir():
+        if run.remote:
+            checkpoint.fetch_remote(run.remote_checkpoints, run.checkpoints, tag)
+        elif not (run.checkpoints / tag).is_dir():
             raise ConfigError(f"resume={mode}: {run.checkpoints / tag} does not exist")
         return run.checkpoints, tag
+    if storage.is_remote(mode):
+        uri = mode.rstrip("/")
+        parent, _, name = uri.rpartition("/")
+        local = run.path / ".resume"  # not run.checkpoints: another run's checkpoint is not one of ours
+        if checkpoint.TAG_RE.match(name):
+            return local, str(checkpoint.fetch_remote(parent, local, name))
+        tag = checkpoint.fetch_remote(uri, local)
+        if tag is None:
+            raise ConfigError(
+                f"resume={mode}: neither a checkpoint (…/checkpoints/step_<N>) nor a checkpoints directory "
+                f"with a {checkpoint.LATEST} file"
+            )
+        return local, tag
     path = Path(mode).expanduser()
     if path.is_dir() and checkpoint.TAG_RE.match(path.name):
         return path.parent, path.name
@@ -361,7 +379,7 @@ def resolve_resume(cfg: DictConfig, run: RunDir) -> tuple[Path, str] | None:
         return path, tag
     raise ConfigError(
         f"resume={mode!r} is neither auto, none, a step number, nor a checkpoint directory; "
-        "pass e.g. resume=auto or resume=/runs/x/checkpoints/step_40"
+        "pass e.g. resume=auto, resume=40 or resume=s3://bucket/runs/x/checkpoints/step_40"
     )
 
 
@@ -443,10 +461,19 @@ def train(
         root, tag = resume_from
         state = checkpoint.load(engine, root, tag, expect=compat_state(cfg))
         step, consumed = int(state["step"]), int(state["consumed"])
+        foreign = root == run.path / ".resume"  # another run's checkpoint, downloaded for this start only
+        if foreign:
+            dist.barrier()
+            if dist.local_rank() == 0:
+                shutil.rmtree(root, ignore_errors=True)
         if rank0:
             log.info(
                 "Resumed from %s at step %d",
-                storage.join(run.remote_checkpoints, tag) if run.remote else root / tag,
+                cfg.resume
+                if foreign
+                else storage.join(run.remote_checkpoints, tag)
+                if run.remote
+                else root / tag,
                 step,
             )
             run.fetch_metrics()

@@ -139,6 +139,32 @@ def test_sigkill_during_checkpoint_keeps_previous(
     assert_same(s3_metrics(s3_client, bucket, "runs/r1/metrics.jsonl"), reference)
 
 
+def test_resume_a_chosen_step_and_another_runs_checkpoint(
+    s3_inputs: str, s3_client: Any, reference, tmp_path: Path
+) -> None:
+    bucket = s3_inputs.removeprefix("s3://")
+    args = [*s3_args(s3_inputs), "train.keep_last=10"]
+    assert run_cli(args, cwd=tmp_path).returncode == 0
+    # the same run, back to step 8: the steps after it are recomputed identically
+    res = run_cli([*args, "resume=8"], cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert f"Resumed from {s3_inputs}/runs/r1/checkpoints/step_8 at step 8" in res.stdout + res.stderr
+    assert_same(s3_metrics(s3_client, bucket, "runs/r1/metrics.jsonl"), reference)
+    # a new run directory that starts from r1's step 12
+    args2 = [a.replace("runs/r1", "runs/r2") for a in args]
+    source = f"{s3_inputs}/runs/r1/checkpoints/step_12"
+    res = run_cli([*args2, f"resume={source}"], cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert f"Resumed from {source} at step 12" in res.stdout + res.stderr
+    later = [m for m in reference if m["step"] > 12]
+    assert_same(s3_metrics(s3_client, bucket, "runs/r2/metrics.jsonl"), later)
+    assert not any(".resume" in k for k in keys(s3_client, bucket, "runs/r2/"))
+    # a step that was never saved: exit 2, naming the checkpoint
+    res = run_cli([*args2, "resume=5"], cwd=tmp_path)
+    assert res.returncode == 2, res.stderr[-3000:]
+    assert f"{s3_inputs}/runs/r2/checkpoints/step_5 has no manifest.json" in res.stderr
+
+
 def test_endpoint_down_fails_clearly_then_resumes(s3_inputs: str, s3_client: Any, tmp_path: Path) -> None:
     from tests.s3_fixtures import shared_server
 
