@@ -49,6 +49,7 @@ for the ``ours`` arms (it also counts the loss's transient gradients, which the 
     .venv/bin/python benchmarks/bench_throughput.py                        # tiny model, CPU (< 2 min)
     .venv/bin/python benchmarks/bench_throughput.py --shape 1b --device cuda --steps 20 --compile
     .venv/bin/python benchmarks/bench_throughput.py --shape 8b --device cuda --recipes lora --json out.json
+    .venv/bin/python benchmarks/bench_throughput.py --shape 1b --device cuda --recipes lora --fast-micro 16
 """
 
 from __future__ import annotations
@@ -479,6 +480,7 @@ def arm_config(args: argparse.Namespace, recipe: str, arm: str) -> Any:
             "model.fused_linear_ce=true",
             f"model.kernels={args.kernels}",
             f"train.compile={str(args.compile).lower()}",
+            *([f"train.micro_batch_size={args.fast_micro}"] if args.fast_micro else []),
         ]
     return compose(args.shape, recipe, args.device, extra)
 
@@ -602,6 +604,8 @@ def measure_in_child(arm: str, recipe: str, kind: str, args: argparse.Namespace)
         "--warmup", str(args.warmup), "--seed", str(args.seed), "--recipes", recipe, "--data", kind,
         "--only-arm", arm, "--compile" if args.compile else "--no-compile", "--kernels", args.kernels,
     ]  # fmt: skip
+    if args.fast_micro:
+        cmd += ["--fast-micro", str(args.fast_micro)]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
     if args.peak_tflops:
@@ -689,6 +693,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         choices=("hf", "lean", "liger"),
         default="lean",
         help="model.kernels of ours+fast (RMSNorm/SwiGLU; liger: Liger's Triton kernels, CUDA)",
+    )
+    p.add_argument(
+        "--fast-micro",
+        type=int,
+        default=None,
+        help="micro batch of ours+fast (default: the shape's): what the memory it frees buys "
+        "(framework.memory.max_micro_batch says what fits)",
     )
     p.add_argument("--peak-tflops", type=float, default=None, help="peak FLOP/s of the device for MFU")
     p.add_argument(

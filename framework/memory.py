@@ -326,6 +326,39 @@ def fixes(cfg: Any, est: Estimate) -> list[str]:
     return out
 
 
+def _with_micro_batch(cfg: Any, micro: int) -> dict[str, Any]:
+    """A plain copy of ``cfg`` with another ``train.micro_batch_size``."""
+    import copy
+    import dataclasses
+
+    from omegaconf import OmegaConf
+
+    if OmegaConf.is_config(cfg):
+        plain = OmegaConf.to_container(cfg, resolve=True)
+    elif dataclasses.is_dataclass(cfg) and not isinstance(cfg, type):
+        plain = dataclasses.asdict(cfg)
+    else:
+        plain = copy.deepcopy(cfg)
+    assert isinstance(plain, dict)
+    plain.setdefault("train", {})["micro_batch_size"] = micro
+    return plain
+
+
+def max_micro_batch(cfg: Any, gpu_memory_gb: float, limit: int = 4096) -> int:
+    """The largest ``train.micro_batch_size`` whose estimate fits ``gpu_memory_gb`` (0: not even 1)."""
+
+    def fits(m: int) -> bool:
+        return estimate(_with_micro_batch(cfg, m)).total <= HEADROOM * gpu_memory_gb * GB
+
+    lo, hi = 0, limit  # fits(lo) holds (or lo == 0); the estimate grows with the micro batch
+    if fits(hi):
+        return hi
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    return lo
+
+
 def check_fits(cfg: Any, gpu_memory_gb: float | None = None) -> Estimate:
     """Raise ConfigError when the estimate exceeds the GPU's memory (``hardware.gpu_memory_gb`` by default)."""
     budget = gpu_memory_gb if gpu_memory_gb is not None else _get(cfg, "hardware.gpu_memory_gb")
@@ -333,7 +366,16 @@ def check_fits(cfg: Any, gpu_memory_gb: float | None = None) -> Estimate:
     if budget is None:
         return est
     if est.total > HEADROOM * float(budget) * GB:
-        hint = "; ".join(fixes(cfg, est)) or "a smaller model or a bigger GPU"
+        hints = fixes(cfg, est)
+        biggest = max_micro_batch(cfg, float(budget))
+        if biggest:
+            hints = [h for h in hints if "micro_batch_size" not in h]
+            hints.insert(
+                1 if hints and "fused_linear_ce" in hints[0] else 0,
+                f"train.micro_batch_size<={biggest} (now {_get(cfg, 'train.micro_batch_size', 1)}; raise "
+                "train.grad_accum to keep the global batch)",
+            )
+        hint = "; ".join(hints) or "a smaller model or a bigger GPU"
         raise ConfigError(
             f"estimated peak memory per GPU {est.describe()} exceeds {HEADROOM:.0%} of "
             f"hardware.gpu_memory_gb={float(budget):g} GB; try: {hint}"
