@@ -204,6 +204,14 @@ def resolved(cfg: DictConfig) -> dict[str, Any]:
     return plain
 
 
+def config_yaml(plain: dict[str, Any]) -> str:
+    """What ``OmegaConf.to_yaml`` writes for plain data, with libyaml's emitter (~10x faster)."""
+    import yaml
+
+    dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+    return yaml.dump(plain, Dumper=dumper, default_flow_style=False, allow_unicode=True, sort_keys=False)
+
+
 def resolved_yaml(cfg: DictConfig) -> str:
     """:func:`resolved` as YAML: the run directory's ``config.yaml``, what torchrun workers and pods read."""
-    return OmegaConf.to_yaml(OmegaConf.create(resolved(cfg)))
+    return config_yaml(resolved(cfg))

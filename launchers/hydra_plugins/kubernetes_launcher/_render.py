@@ -23,6 +23,7 @@ from typing import Any
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
+from framework.config import config_yaml
 from framework.config import resolved as resolved_config
 from framework.errors import ConfigError
 
@@ -167,11 +168,6 @@ def container_args(cfg: DictConfig, name: str) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------- config
-def config_yaml(plain: dict[str, Any]) -> str:
-    # What OmegaConf.to_yaml(cfg, resolve=True) writes, with libyaml's emitter: ~10x faster for big sweeps.
-    return yaml.dump(plain, Dumper=_SafeDumper, default_flow_style=False, allow_unicode=True, sort_keys=False)
-
-
 def resolved_config_yaml(cfg: DictConfig) -> str:
     """The fully resolved config without the ``hydra`` node: what every rank reads from the ConfigMap."""
     plain = resolved_config(cfg)
