@@ -360,9 +360,9 @@ def test_compile_regional_traces_and_matches_eager(kernels: str) -> None:
 
 @pytest.mark.integration
 def test_compile_inductor_matches_eager_two_steps() -> None:
-    """train.compile's real backend (inductor, C++ codegen on CPU: ~1 min on 2 cores)."""
+    """train.compile's real backend (inductor, C++ codegen on CPU: ~1 min on 2 cores), with every switch on."""
     torch._dynamo.reset()
-    cfg = cfg_for("lora.dropout=0", "model.fused_linear_ce=true")
+    cfg = cfg_for("lora.dropout=0", "model.fused_linear_ce=true", "model.kernels=lean")
     eager = apply_lora(build_model(cfg, 100), cfg)
     perturb_lora(eager)
     compiled = copy.deepcopy(eager)
