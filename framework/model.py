@@ -123,8 +123,23 @@ def apply_lora(model: Any, cfg: DictConfig) -> Any:
     )
     model = get_peft_model(model, peft_cfg)
     if cfg.model.gradient_checkpointing:
-        model.enable_input_require_grads()
+        drop_input_grad_hooks(model)
     return model
+
+
+def drop_input_grad_hooks(model: Any) -> int:
+    """Remove the hooks that make the embeddings' output require grad; return how many.
+
+    transformers' ``gradient_checkpointing_enable`` and peft each add one, for reentrant checkpointing, which
+    cannot reach the adapters otherwise. Ours is non-reentrant, so they only make backward compute the gradient
+    of the frozen embeddings' output: the input gradient of every projection in the first layer, for nothing.
+    """
+    emb = model.get_input_embeddings()
+    hooks = emb._forward_hooks  # no public API lists them; both libraries register the same-named closure
+    doomed = [k for k, fn in hooks.items() if getattr(fn, "__name__", "") == "make_inputs_require_grads"]
+    for k in doomed:
+        del hooks[k]
+    return len(doomed)
 
 
 def count_params(model: Any) -> tuple[int, int]:

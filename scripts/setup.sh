@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# Creates .venv and installs the project with its dev tools. Idempotent: re-runs only when pyproject.toml changed.
+# Creates .venv and installs the project with its dev tools. Idempotent: re-runs only when pyproject.toml or the
+# set of package files changed (the strict editable install links each file, so a new module needs a re-install).
 # CPU machines get the CPU build of torch (installed first, so nothing pulls the CUDA build); GPU boxes get CUDA.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 stamp=.venv/.framework-installed
-want=$(sha256sum pyproject.toml | cut -c1-16)
+want=$({ cat pyproject.toml; find framework recipes launchers conf -type f -not -path '*/__pycache__/*' | LC_ALL=C sort; } | sha256sum | cut -c1-16)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then exit 0; fi
 .venv/bin/pip install -q --upgrade pip >/dev/null 2>&1 || true
 if ! .venv/bin/python -c "import torch" 2>/dev/null; then

@@ -135,3 +135,28 @@ def test_composing_does_not_import_torch() -> None:
         "assert 'torch' not in sys.modules, 'composing imported torch'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[2])
+
+
+def test_installed_package_has_every_module_and_the_packaged_config(tmp_path: Path) -> None:
+    """Outside the checkout (no PYTHONPATH), every framework and recipe module imports from the installed
+    package, and the packaged conf/ and sample data are found. A stale install (a module added since
+    scripts/setup.sh last ran) fails here."""
+    import os
+
+    code = (
+        "import importlib, pkgutil, framework, recipes\n"
+        "from pathlib import Path\n"
+        "for pkg in (framework, recipes):\n"
+        "    for m in pkgutil.iter_modules(pkg.__path__):\n"
+        "        importlib.import_module(f'{pkg.__name__}.{m.name}')\n"
+        "import framework.conf\n"
+        "from framework.config import package_path\n"
+        "conf = Path(next(iter(framework.conf.__path__)))\n"
+        "assert (conf / 'config.yaml').is_file() and (conf / 'model' / 'llama3_2_1b.yaml').is_file(), conf\n"
+        "assert Path(package_path('pkg://framework.data/sample/train.jsonl')).is_file()\n"
+        "print(framework.__file__)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    res = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert str(tmp_path) not in res.stdout

@@ -304,6 +304,19 @@ def test_liger_switch_is_refused_on_cpu_and_names_the_package() -> None:
 # ----------------------------------------------------------------------------------------------- LoRA work
 
 
+def test_lora_gradient_checkpointing_matches_and_skips_the_frozen_input_gradient() -> None:
+    """Checkpointed LoRA gives the reference loss and adapter gradients, and backward does not compute a
+    gradient for the frozen embeddings' output (the first layer's input)."""
+    ref, ckpt = make_pair(
+        "model.train_embeddings=false", "lora.dropout=0", switch="model.gradient_checkpointing=true"
+    )
+    seen: list[bool] = []
+    ckpt.get_input_embeddings().register_forward_hook(lambda mod, args, out: seen.append(out.requires_grad))
+    g = check_same(ref, ckpt, packed_batch(), logits=True)
+    assert g and all("lora_" in n for n in g)
+    assert seen == [False]
+
+
 def test_lora_dropout_zero_is_identity_and_positive_is_dropout() -> None:
     for p, kind in ((0.0, nn.Identity), (0.05, nn.Dropout)):
         m = apply_lora(build_model(cfg_for(f"lora.dropout={p}"), 100), cfg_for(f"lora.dropout={p}"))
