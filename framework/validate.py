@@ -161,12 +161,6 @@ def validate(
         problems.append(
             "hardware.offload_optimizer=true needs ZeRO stage 1, 2 or 3; set hardware.zero_stage=2"
         )
-    if hw.zero_stage == 3 and cfg.model.gradient_checkpointing and cfg.recipe.finetune == "lora":
-        # peft's input-grad hook under ZeRO-3 partitioned embeddings breaks the checkpointed graph.
-        problems.append(
-            "ZeRO-3 with LoRA cannot take model.gradient_checkpointing=true; "
-            "use hardware.zero_stage=2 or model.gradient_checkpointing=false"
-        )
     if hw.zero_stage == 3 and hw.accelerator == "cpu" and hw.precision != "fp32":
         problems.append(f"ZeRO-3 on CPU supports only fp32, not hardware.precision={hw.precision}")
     if hw.accelerator == "cpu" and hw.precision == "fp16":
