@@ -152,21 +152,28 @@ def test_torchrun_two_processes_zero(stage: int, tmp_path: Path) -> None:
     assert [m["step"] for m in read_metrics(run_dir) if "loss" in m][-2:] == [7, 8]
 
 
-def test_zero3_lora_with_gradient_checkpointing_matches_zero2(tmp_path: Path) -> None:
-    """LoRA on a frozen base, 2 processes: ZeRO-3 with gradient checkpointing computes the ZeRO-2 losses."""
+def test_zero_switches_keep_the_losses(tmp_path: Path) -> None:
+    """LoRA on a frozen base, 2 processes: ZeRO-3 with gradient checkpointing, and ZeRO-2 with reduce buckets
+    of 5,000 elements (many small all-reduces), compute the losses of ZeRO-2 with the default bucket."""
+    runs = {
+        "zero2": ["hardware.zero_stage=2"],
+        "zero3+ckpt": ["hardware.zero_stage=3", "model.gradient_checkpointing=true"],
+        "zero2+small-buckets": ["hardware.zero_stage=2", "hardware.bucket_size=5000"],
+    }
     losses = {}
-    for stage, ckpt in ((2, "false"), (3, "true")):
-        run_dir = tmp_path / f"z{stage}"
+    for name, extra in runs.items():
+        run_dir = tmp_path / name
         args = [
-            "hardware.nproc_per_node=2", f"hardware.zero_stage={stage}", f"model.gradient_checkpointing={ckpt}",
-            "model.train_embeddings=false", "train.max_steps=4", "train.eval_interval=0",
-            "train.checkpoint_interval=0", "train.progress=false", f"hydra.run.dir={run_dir}",
+            "hardware.nproc_per_node=2", *extra, "model.train_embeddings=false", "train.max_steps=4",
+            "train.eval_interval=0", "train.checkpoint_interval=0", "train.progress=false",
+            f"hydra.run.dir={run_dir}",
         ]  # fmt: skip
         res = run_cli(args, cwd=tmp_path)
         assert res.returncode == 0, res.stderr[-4000:]
-        losses[stage] = [m["loss"] for m in read_metrics(run_dir) if "loss" in m]
-    assert len(losses[3]) == 4
-    assert losses[3] == pytest.approx(losses[2], rel=1e-5)
+        losses[name] = [m["loss"] for m in read_metrics(run_dir) if "loss" in m]
+    assert len(losses["zero2"]) == 4
+    for name in runs:
+        assert losses[name] == pytest.approx(losses["zero2"], rel=1e-5), name
 
 
 def test_sweep_runs_each_job_and_summarises(tmp_path: Path) -> None:
