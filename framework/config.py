@@ -149,9 +149,8 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     lora: LoraConfig | None = field(default_factory=LoraConfig)
     run_name: str = "run"  # names the run in logs, trackers and Kubernetes objects
-    resume: str = (
-        "auto"  # auto: continue from checkpoints/latest if present | none | <step> | <checkpoint path or URI>
-    )
+    # auto: continue from checkpoints/latest if present | none | <step> | <checkpoint path or URI>
+    resume: str = "auto"
     debug: bool = False  # show full tracebacks
 
 

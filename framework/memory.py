@@ -303,19 +303,24 @@ def estimate(cfg: Any) -> Estimate:
     )
 
 
-def fixes(cfg: Any, est: Estimate) -> list[str]:
-    """What would bring the estimate down, biggest lever first."""
+def fixes(cfg: Any, est: Estimate, max_micro: int = 0) -> list[str]:
+    """What would bring the estimate down, biggest lever first. ``max_micro``: the largest micro batch that
+    fits (:func:`max_micro_batch`), when known and at least 1."""
     out: list[str] = []
     stage = int(_get(cfg, "hardware.zero_stage", 0))
     world = int(_get(cfg, "hardware.nodes", 1)) * int(_get(cfg, "hardware.nproc_per_node", 1))
+    mb = int(_get(cfg, "train.micro_batch_size", 1))
     if not _get(cfg, "model.fused_linear_ce", False) and est.logits > 0.1 * est.total:
         out.append(f"model.fused_linear_ce=true (the logits take {est.logits / GB:.1f} GB)")
+    if max_micro:
+        out.append(
+            f"train.micro_batch_size<={max_micro} (now {mb}; raise train.grad_accum to keep the global batch)"
+        )
     if not _lean_kernels(cfg) and est.activations > 0.1 * est.total:
         out.append("model.kernels=lean (RMSNorm and SwiGLU keep about a third less for backward)")
     if not _get(cfg, "model.gradient_checkpointing", False) and est.activations > 0.1 * est.total:
         out.append(f"model.gradient_checkpointing=true (activations take {est.activations / GB:.1f} GB)")
-    mb = int(_get(cfg, "train.micro_batch_size", 1))
-    if mb > 1 and est.activations + est.logits > 0.2 * est.total:
+    if not max_micro and mb > 1 and est.activations + est.logits > 0.2 * est.total:
         out.append(
             f"a smaller train.micro_batch_size (now {mb}; raise train.grad_accum to keep the global batch)"
         )
@@ -326,8 +331,8 @@ def fixes(cfg: Any, est: Estimate) -> list[str]:
     return out
 
 
-def _with_micro_batch(cfg: Any, micro: int) -> dict[str, Any]:
-    """A plain copy of ``cfg`` with another ``train.micro_batch_size``."""
+def _plain_copy(cfg: Any) -> dict[str, Any]:
+    """A plain, mutable copy of a DictConfig, a dataclass or a dict."""
     import copy
     import dataclasses
 
@@ -340,15 +345,17 @@ def _with_micro_batch(cfg: Any, micro: int) -> dict[str, Any]:
     else:
         plain = copy.deepcopy(cfg)
     assert isinstance(plain, dict)
-    plain.setdefault("train", {})["micro_batch_size"] = micro
     return plain
 
 
 def max_micro_batch(cfg: Any, gpu_memory_gb: float, limit: int = 4096) -> int:
     """The largest ``train.micro_batch_size`` whose estimate fits ``gpu_memory_gb`` (0: not even 1)."""
+    probe = _plain_copy(cfg)  # one copy; each probe changes only the micro batch
+    train = probe.setdefault("train", {})
 
     def fits(m: int) -> bool:
-        return estimate(_with_micro_batch(cfg, m)).total <= HEADROOM * gpu_memory_gb * GB
+        train["micro_batch_size"] = m
+        return estimate(probe).total <= HEADROOM * gpu_memory_gb * GB
 
     lo, hi = 0, limit  # fits(lo) holds (or lo == 0); the estimate grows with the micro batch
     if fits(hi):
@@ -366,16 +373,8 @@ def check_fits(cfg: Any, gpu_memory_gb: float | None = None) -> Estimate:
     if budget is None:
         return est
     if est.total > HEADROOM * float(budget) * GB:
-        hints = fixes(cfg, est)
-        biggest = max_micro_batch(cfg, float(budget))
-        if biggest:
-            hints = [h for h in hints if "micro_batch_size" not in h]
-            hints.insert(
-                1 if hints and "fused_linear_ce" in hints[0] else 0,
-                f"train.micro_batch_size<={biggest} (now {_get(cfg, 'train.micro_batch_size', 1)}; raise "
-                "train.grad_accum to keep the global batch)",
-            )
-        hint = "; ".join(hints) or "a smaller model or a bigger GPU"
+        hint = "; ".join(fixes(cfg, est, max_micro_batch(cfg, float(budget))))
+        hint = hint or "a smaller model or a bigger GPU"
         raise ConfigError(
             f"estimated peak memory per GPU {est.describe()} exceeds {HEADROOM:.0%} of "
             f"hardware.gpu_memory_gb={float(budget):g} GB; try: {hint}"

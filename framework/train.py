@@ -194,6 +194,12 @@ class RunDir:
         return self.path / "checkpoints"
 
     @property
+    def resume_staging(self) -> Path:
+        """Where another run's checkpoint named by ``resume=<URI>`` is downloaded for one start (not
+        ``checkpoints``: it is not one of this run's)."""
+        return self.path / ".resume"
+
+    @property
     def remote_checkpoints(self) -> str:
         from framework import storage
 
@@ -223,7 +229,6 @@ class RunDir:
             storage.get_file(remote, self.metrics)
 
     def write_config(self, cfg: DictConfig) -> None:
-
         (self.path / "config.yaml").write_text(resolved_yaml(cfg))
         self.publish("config.yaml")
 
@@ -360,7 +365,7 @@ def resolve_resume(cfg: DictConfig, run: RunDir) -> tuple[Path, str] | None:
     if storage.is_remote(mode):
         uri = mode.rstrip("/")
         parent, _, name = uri.rpartition("/")
-        local = run.path / ".resume"  # not run.checkpoints: another run's checkpoint is not one of ours
+        local = run.resume_staging
         if checkpoint.TAG_RE.match(name):
             return local, str(checkpoint.fetch_remote(parent, local, name))
         tag = checkpoint.fetch_remote(uri, local)
@@ -461,21 +466,15 @@ def train(
         root, tag = resume_from
         state = checkpoint.load(engine, root, tag, expect=compat_state(cfg))
         step, consumed = int(state["step"]), int(state["consumed"])
-        foreign = root == run.path / ".resume"  # another run's checkpoint, downloaded for this start only
-        if foreign:
+        if root == run.resume_staging:  # another run's checkpoint, downloaded for this start only
+            source: Any = cfg.resume
             dist.barrier()
             if dist.local_rank() == 0:
                 shutil.rmtree(root, ignore_errors=True)
+        else:
+            source = storage.join(run.remote_checkpoints, tag) if run.remote else root / tag
         if rank0:
-            log.info(
-                "Resumed from %s at step %d",
-                cfg.resume
-                if foreign
-                else storage.join(run.remote_checkpoints, tag)
-                if run.remote
-                else root / tag,
-                step,
-            )
+            log.info("Resumed from %s at step %d", source, step)
             run.fetch_metrics()
             run.truncate_metrics(step)
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import ROOT
+from tests.helpers import ROOT, run_cli
 from tests.k8s.fake_apiserver import FakeKube, Obj, simulate
 
 pytestmark = pytest.mark.integration
@@ -33,19 +33,8 @@ def kube() -> Iterator[FakeKube]:
 
 
 def launch(kube: FakeKube, cwd: Path, *args: str, timeout: int = 120) -> subprocess.CompletedProcess[str]:
-    env = {
-        **os.environ,
-        "KUBECONFIG": str(kube.write_kubeconfig(cwd / "kubeconfig")),
-        "PYTHONPATH": str(ROOT),
-    }
-    return subprocess.run(
-        [sys.executable, "-m", "framework", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    env = {"KUBECONFIG": str(kube.write_kubeconfig(cwd / "kubeconfig"))}
+    return run_cli(list(args), cwd, env=env, timeout=timeout)
 
 
 def test_failed_job_exits_1_with_one_line(kube: FakeKube, tmp_path: Path) -> None:
