@@ -372,7 +372,7 @@ def resolve_resume(cfg: DictConfig, run: RunDir) -> tuple[Path, str] | None:
         if tag is None:
             raise ConfigError(
                 f"resume={mode}: neither a checkpoint (…/checkpoints/step_<N>) nor a checkpoints directory "
-                f"with a {checkpoint.LATEST} file"
+                f"with a {checkpoint.LATEST} file; point resume= at one of those, or use resume=auto"
             )
         return local, tag
     path = Path(mode).expanduser()
