@@ -16,7 +16,16 @@ import kubernetes_validate
 import yaml
 
 K8S_VERSION = "1.33.0"  # a current release; kubernetes-validate ships 1.25 .. 1.37
-CRD_DIR = Path(__file__).resolve().parents[2] / ".." / "shared" / "k8s-crds"
+_ROOT = Path(__file__).resolve().parents[2]
+# The shared checkout beside the project (../shared), or beside the worktrees' parent (/work/wt/<name> -> /work).
+CRD_DIR = next(
+    (
+        d
+        for d in (_ROOT.parent / "shared" / "k8s-crds", _ROOT.parents[1] / "shared" / "k8s-crds")
+        if d.is_dir()
+    ),
+    _ROOT.parent / "shared" / "k8s-crds",
+)
 CRD_FILES = {
     ("jobset.x-k8s.io/v1alpha2", "JobSet"): "jobset.x-k8s.io_jobsets.yaml",
     ("kubeflow.org/v1", "PyTorchJob"): "kubeflow.org_pytorchjobs.yaml",

@@ -15,99 +15,58 @@ exits 1 for any failed worker.
 from __future__ import annotations
 
 import hashlib
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from types import SimpleNamespace
 from typing import Any
 
 import yaml
+from hydra_plugins.kubernetes_launcher._names import (  # noqa: F401 - re-exported: tests and api read them here
+    APP_NAME,
+    CACHE_DIR,
+    CACHE_ENV,
+    COMPLETION_INDEX,
+    CONFIG_DIR,
+    CONFIG_FILE,
+    DNS_LABEL,
+    JOB_NAME_LABEL,
+    LABEL_PREFIX,
+    LABEL_VALUE,
+    MANAGED_BY,
+    RENDEZVOUS_ENV,
+    RESERVED_MOUNTS,
+    SETUP_NAME,
+    SHM_DIR,
+    TMP_DIR,
+    dns_label,
+    label_value,
+    split_secret_ref,
+)
+from hydra_plugins.kubernetes_launcher._problems import BACKEND_NAMES, plain_problems
 from omegaconf import DictConfig, OmegaConf
 
 from framework.config import config_yaml
 from framework.config import resolved as resolved_config
 from framework.errors import ConfigError
+from framework.secrets import name_looks_secret
 
 Manifest = dict[str, Any]
 _SafeDumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)  # libyaml when available
 
-BACKENDS = ("indexed_job", "jobset", "pytorchjob")
-MANAGED_BY = "framework-kubernetes-launcher"
-APP_NAME = "framework"
-LABEL_PREFIX = "framework.io/"
-COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
-JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
-SETUP_NAME = "framework-launcher"  # ServiceAccount, Role and RoleBinding of launcher.setup_namespace
-
-COMMAND = [
-    "framework-torchrun"
-]  # console script of hydra_plugins.kubernetes_launcher.torchrun (the image has it)
-CONFIG_DIR = "/etc/framework"  # the ConfigMap's mount; every rank reads config.yaml from here
-CONFIG_FILE = "config.yaml"
-CACHE_DIR = "/cache"  # emptyDir: HOME, HF_HOME, Triton and torch-extension caches
-TMP_DIR = "/tmp"
-SHM_DIR = "/dev/shm"
-RESERVED_MOUNTS = (CONFIG_DIR, CACHE_DIR, TMP_DIR, SHM_DIR)
+BACKENDS = BACKEND_NAMES
 JOBSET_REPLICATED_JOB = "node"  # JobSet pods: <jobset>-node-0-<node rank>
 EXIT_PERMANENT = 2  # DESIGN.md: bad config or data, never retried
 EXIT_PREEMPTED = 143  # DESIGN.md: SIGTERM after a checkpoint, retryable
+COMMAND = [
+    "framework-torchrun"
+]  # console script of hydra_plugins.kubernetes_launcher.torchrun (the image has it)
 
 # Kubeflow's training-operator finds the rendezvous port by these names and injects MASTER_ADDR/PORT, RANK.
 PYTORCHJOB_CONTAINER, PYTORCHJOB_PORT = "pytorch", "pytorchjob-port"
 CONTAINER, PORT_NAME = "trainer", "rdzv"
-
-RENDEZVOUS_ENV = ("MASTER_ADDR", "MASTER_PORT", "NNODES", "NODE_RANK", "NPROC_PER_NODE")
-CACHE_ENV = {
-    "HOME": f"{CACHE_DIR}/home",
-    "XDG_CACHE_HOME": CACHE_DIR,
-    "HF_HOME": f"{CACHE_DIR}/huggingface",
-    "TRITON_CACHE_DIR": f"{CACHE_DIR}/triton",
-    "TORCH_EXTENSIONS_DIR": f"{CACHE_DIR}/torch_extensions",
-    "FRAMEWORK_CACHE": f"{CACHE_DIR}/framework",
-}
-SECRET_WORDS = frozenset({"TOKEN", "SECRET", "PASSWORD", "PASSWD", "APIKEY", "CREDENTIAL", "CREDENTIALS"})
-# Launcher fields that hold Secret *names* (references), never values.
-SECRET_REFERENCE_KEYS = (
-    "hf_token_secret",
-    "s3_secret",
-    "secret_env",
-    "env_from_secrets",
-    "image_pull_secrets",
-)
-EXTRA_KEYS = ("pod_spec", "job_spec")
-
-_DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
-_LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
-_LABEL_KEY_NAME = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
-_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
-_ENV_NAME = re.compile(r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
+looks_secret = name_looks_secret
 
 
 # ----------------------------------------------------------------------------------------------- names
-def _short_hash(text: str, n: int = 6) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()[:n]
-
-
-def dns_label(text: str, max_len: int = 63) -> str:
-    """A DNS-1035 label (lowercase, starts with a letter, <= max_len) made from any text.
-
-    Text that is too long keeps its start and gets a hash of the whole text, so distinct long names stay distinct.
-    """
-    s = re.sub(r"-{2,}", "-", re.sub(r"[^a-z0-9-]+", "-", text.lower())).strip("-")
-    if not s or not s[0].isalpha():
-        s = f"r-{s}".rstrip("-")
-    if len(s) > max_len:
-        s = f"{s[: max_len - 7].rstrip('-')}-{_short_hash(text)}"
-    return s
-
-
-def label_value(text: str) -> str:
-    """A valid label value (<= 63 chars of [A-Za-z0-9-_.], alphanumeric at both ends) made from any text."""
-    s = re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-_.")
-    if len(s) > 63:
-        s = f"{s[:56].rstrip('-_.')}-{_short_hash(text)}"
-    return s
-
-
 def _host_suffix(backend: str, nodes: int) -> str:
     """The longest suffix the backend appends to the job name to form a pod hostname (a DNS label itself)."""
     if backend == "jobset":
@@ -124,7 +83,7 @@ def job_name(
     suffix = f"-{sweep_id}-{job_index}"
     budget = 63 - len(_host_suffix(backend, nodes)) - len(suffix)
     name = dns_label(run_name, budget) + suffix
-    assert _DNS_LABEL.match(name) and len(name) + len(_host_suffix(backend, nodes)) <= 63, name
+    assert DNS_LABEL.match(name) and len(name) + len(_host_suffix(backend, nodes)) <= 63, name
     return name
 
 
@@ -168,13 +127,6 @@ def container_args(cfg: DictConfig, name: str) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------- config
-def resolved_config_yaml(cfg: DictConfig) -> str:
-    """The fully resolved config without the ``hydra`` node: what every rank reads from the ConfigMap."""
-    plain = resolved_config(cfg)
-    _reject_secret_values(plain)
-    return config_yaml(plain)
-
-
 def _plain(value: Any) -> Any:
     """Plain containers from a DictConfig/ListConfig or a SimpleNamespace view (or the value itself)."""
     if OmegaConf.is_config(value):
@@ -196,51 +148,11 @@ def config_hash(config_yaml: str) -> str:
     return hashlib.sha256(config_yaml.encode()).hexdigest()[:16]
 
 
-def looks_secret(name: str) -> bool:
-    """True for names like HF_TOKEN, AWS_SECRET_ACCESS_KEY, WANDB_API_KEY, db_password.
-
-    Whole words only, so TOKENIZERS_PARALLELISM or KEYBOARD pass; a bare ``key`` (a toleration's) is not a secret.
-    """
-    words = [w for w in re.split(r"[^A-Z0-9]+", name.upper()) if w]
-    return any(w in SECRET_WORDS for w in words) or ("KEY" in words and len(words) > 1)
-
-
-def _reject_secret_values(plain: dict[str, Any]) -> None:
-    """A config key named like a secret holding a value would land in the ConfigMap: refuse, naming the key."""
-    found: list[str] = []
-
-    def walk(node: Any, path: str) -> None:
-        if isinstance(node, dict):
-            for key, value in node.items():
-                full = f"{path}.{key}" if path else str(key)
-                if full in {f"launcher.{k}" for k in SECRET_REFERENCE_KEYS}:
-                    continue
-                if full == "launcher.env":  # checked on its own, with a message about secret_env
-                    continue
-                if isinstance(value, str) and value and looks_secret(str(key)):
-                    found.append(full)
-                walk(value, full)
-        elif isinstance(node, list):
-            for i, item in enumerate(node):
-                walk(item, f"{path}[{i}]")
-
-    walk(plain, "")
-    if found:
-        raise ConfigError(
-            [
-                f"{key} looks like a secret and would be written into the job's ConfigMap; keep the value in a "
-                "Kubernetes Secret and pass it as env: launcher.secret_env={VAR: 'secret-name:key'}"
-                for key in found
-            ]
-        )
-
-
 # ------------------------------------------------------------------------------------------------ pods
-def _secret_ref(key: str, ref: str) -> dict[str, str]:
-    name, sep, item = str(ref).partition(":")
-    if not sep or not _DNS_SUBDOMAIN.match(name) or not item:
-        raise ConfigError(f"{key}={ref!r} must name a Secret and a key in it as 'secret-name:key'")
-    return {"name": name, "key": item}
+def _secret_ref(ref: str) -> dict[str, str]:
+    parts = split_secret_ref(ref)
+    assert parts is not None, ref  # launcher_problems refused it
+    return {"name": parts[0], "key": parts[1]}
 
 
 def _env(cfg: DictConfig, name: str) -> list[dict[str, Any]]:
@@ -264,51 +176,24 @@ def _env(cfg: DictConfig, name: str) -> list[dict[str, Any]]:
     env.extend({"name": k, "value": v} for k, v in CACHE_ENV.items())
     env.append({"name": "FRAMEWORK_JOB_NAME", "value": name})
 
-    reserved = {e["name"] for e in env} | {"HF_TOKEN", "RANK", "WORLD_SIZE", "LOCAL_RANK"}
-    problems = []
-    for var, value in (launcher.env or {}).items():
-        key = f"launcher.env.{var}"
-        if looks_secret(str(var)):
-            problems.append(
-                f"{key} looks like a secret: plain env values are written into the manifest. Store it in a "
-                f"Secret and use launcher.secret_env={{{var}: 'secret-name:key'}} (or launcher.env_from_secrets)"
-            )
-        elif var in reserved:
-            problems.append(f"{key}: {var} is set by the launcher; remove it from launcher.env")
-        elif not _ENV_NAME.match(str(var)):
-            problems.append(f"{key}: {var!r} is not a valid environment variable name")
-        else:
-            env.append({"name": str(var), "value": "" if value is None else str(value)})
-    for var in launcher.secret_env or {}:
-        if var in reserved - {"HF_TOKEN"}:
-            problems.append(f"launcher.secret_env.{var}: {var} is set by the launcher; pick another name")
-    if problems:
-        raise ConfigError(problems)
+    env.extend(
+        {"name": str(var), "value": "" if value is None else str(value)}
+        for var, value in (launcher.env or {}).items()
+    )
     if launcher.hf_token_secret:
         env.append(
             {
                 "name": "HF_TOKEN",
-                "valueFrom": {
-                    "secretKeyRef": _secret_ref("launcher.hf_token_secret", launcher.hf_token_secret)
-                },
+                "valueFrom": {"secretKeyRef": _secret_ref(launcher.hf_token_secret)},
             }
         )
     for var, ref in (launcher.secret_env or {}).items():
-        if not _ENV_NAME.match(str(var)):
-            raise ConfigError(f"launcher.secret_env.{var}: {var!r} is not a valid environment variable name")
-        env.append(
-            {"name": str(var), "valueFrom": {"secretKeyRef": _secret_ref(f"launcher.secret_env.{var}", ref)}}
-        )
+        env.append({"name": str(var), "valueFrom": {"secretKeyRef": _secret_ref(ref)}})
     return env
 
 
 def _env_from(launcher: DictConfig) -> list[dict[str, Any]]:
     names = ([launcher.s3_secret] if launcher.s3_secret else []) + list(launcher.env_from_secrets or [])
-    for n in names:
-        if not _DNS_SUBDOMAIN.match(str(n)):
-            raise ConfigError(
-                f"launcher.s3_secret / launcher.env_from_secrets: {n!r} is not a valid Secret name"
-            )
     return [{"secretRef": {"name": str(n)}} for n in dict.fromkeys(names)]
 
 
@@ -330,18 +215,9 @@ def _volumes(cfg: DictConfig, name: str) -> tuple[list[dict[str, Any]], list[dic
         {"name": "cache", "mountPath": CACHE_DIR},
     ]
     run_root = str(launcher.run_dir).rstrip("/")
-    if not run_root.startswith("/"):
-        raise ConfigError(f"launcher.run_dir={launcher.run_dir!r} must be an absolute path inside the pod")
     covered = False
     for claim, path in sorted((launcher.pvcs or {}).items()):
         path = str(path).rstrip("/")
-        key = f"launcher.pvcs.{claim}"
-        if not _DNS_SUBDOMAIN.match(str(claim)):
-            raise ConfigError(f"{key}: {claim!r} is not a valid PersistentVolumeClaim name")
-        if not path.startswith("/") or any(path == r or path.startswith(r + "/") for r in RESERVED_MOUNTS):
-            raise ConfigError(
-                f"{key}={path!r}: mount path must be absolute and not under {', '.join(RESERVED_MOUNTS)}"
-            )
         vol = dns_label(f"pvc-{claim}")
         volumes.append({"name": vol, "persistentVolumeClaim": {"claimName": str(claim)}})
         mounts.append({"name": vol, "mountPath": path})
@@ -369,12 +245,7 @@ def prometheus_port(cfg: DictConfig) -> int | None:
     prom = tracking.get("prometheus") if isinstance(tracking, dict) else None
     if not (isinstance(prom, dict) and prom.get("enabled")):
         return None
-    port = int(prom.get("port") or 0)
-    if not 0 < port < 65536:
-        raise ConfigError(
-            f"tracking.prometheus.port={port}: pods need a fixed port for scraping; set e.g. 9400"
-        )
-    return port
+    return int(prom["port"])  # a fixed port: launcher_problems refuses 0
 
 
 def pod_monitor(cfg: DictConfig, name: str, labels: Mapping[str, str]) -> Manifest:
@@ -476,16 +347,7 @@ def _pod_template(cfg: DictConfig, name: str, labels: Mapping[str, str]) -> dict
 
 def _extra(launcher: DictConfig, key: str) -> dict[str, Any]:
     extra = _plain(launcher.extra) if launcher.extra else {}
-    assert isinstance(extra, dict)
-    unknown = sorted(set(extra) - set(EXTRA_KEYS))
-    if unknown:
-        raise ConfigError(
-            f"launcher.extra: unknown key(s) {', '.join(unknown)}; valid: {', '.join(EXTRA_KEYS)}"
-        )
-    value = extra.get(key) or {}
-    if not isinstance(value, dict):
-        raise ConfigError(f"launcher.extra.{key} must be a mapping of spec fields")
-    return value
+    return dict(extra.get(key) or {})
 
 
 # -------------------------------------------------------------------------------------- job-level objects
@@ -544,52 +406,10 @@ def _labels(
         f"{LABEL_PREFIX}job-index": str(job_index),
         f"{LABEL_PREFIX}config-hash": chash,
     }
-    if git_commit and _LABEL_VALUE.match(git_commit) and len(git_commit) <= 63:
+    if git_commit and LABEL_VALUE.match(git_commit) and len(git_commit) <= 63:
         labels[f"{LABEL_PREFIX}git-commit"] = git_commit
-    problems = []
-    for key, value in (cfg.launcher.labels or {}).items():
-        key, value = str(key), str(value)
-        prefix, _, last = key.rpartition("/")
-        if key in labels or key.startswith(LABEL_PREFIX):
-            problems.append(f"launcher.labels.{key}: reserved for the launcher")
-        elif (
-            (prefix and not _DNS_SUBDOMAIN.match(prefix)) or len(last) > 63 or not _LABEL_KEY_NAME.match(last)
-        ):
-            problems.append(f"launcher.labels.{key}: not a valid label key")
-        elif len(value) > 63 or not _LABEL_VALUE.match(value):
-            problems.append(
-                f"launcher.labels.{key}={value!r}: not a valid label value (<= 63 of [A-Za-z0-9-_.])"
-            )
-        else:
-            labels[key] = value
-    if problems:
-        raise ConfigError(problems)
+    labels.update({str(k): str(v) for k, v in (cfg.launcher.labels or {}).items()})  # checked: _problems
     return labels
-
-
-def _validate(cfg: DictConfig) -> None:
-    launcher, hw = cfg.launcher, cfg.hardware
-    problems = []
-    if launcher.backend not in BACKENDS:
-        problems.append(
-            f"launcher.backend={launcher.backend!r} is not valid; choose one of: {', '.join(BACKENDS)}"
-        )
-    if not _DNS_LABEL.match(str(launcher.namespace)):
-        problems.append(f"launcher.namespace={launcher.namespace!r} is not a valid namespace name")
-    if launcher.image_pull_policy not in ("Always", "IfNotPresent", "Never"):
-        problems.append(
-            f"launcher.image_pull_policy={launcher.image_pull_policy!r}; choose Always, IfNotPresent or Never"
-        )
-    if not 1 <= int(launcher.master_port) <= 65535:
-        problems.append(f"launcher.master_port={launcher.master_port} is not a port")
-    if int(hw.nodes) < 1 or int(hw.nproc_per_node) < 1:
-        problems.append("hardware.nodes and hardware.nproc_per_node must be >= 1")
-    if hw.gpus_per_node and not hw.resource_name:
-        problems.append(
-            "hardware.gpus_per_node is set but hardware.resource_name is null (e.g. nvidia.com/gpu)"
-        )
-    if problems:
-        raise ConfigError(problems)
 
 
 def render(
@@ -607,13 +427,14 @@ def render(
     key for anything that cannot be rendered safely (a secret-looking plain env var, a bad Secret reference...).
     """
     plain = resolved_config(cfg)
+    problems = plain_problems(plain)
+    if problems:
+        raise ConfigError(problems)
     cfg = _view(plain)  # from here on, plain values
-    _validate(cfg)
     launcher, hw = cfg.launcher, cfg.hardware
     backend, ns, name = str(launcher.backend), str(launcher.namespace), job_name
-    if not _DNS_LABEL.match(name) or len(name) + len(_host_suffix(backend, int(hw.nodes))) > 63:
+    if not DNS_LABEL.match(name) or len(name) + len(_host_suffix(backend, int(hw.nodes))) > 63:
         raise ConfigError(f"job name {name!r} is not a DNS label short enough for its pod hostnames")
-    _reject_secret_values(plain)
     text = config_yaml(plain)
     chash = config_hash(text)
     labels = _labels(cfg, name, sweep_id=sweep_id, job_index=job_index, chash=chash, git_commit=git_commit)
@@ -796,9 +617,6 @@ def network_policy(cfg: DictConfig, name: str, labels: Mapping[str, str]) -> Man
         {"to": [{"namespaceSelector": {}}], "ports": dns_ports},  # cluster DNS, wherever it runs
     ]
     cidrs = [str(c) for c in cfg.launcher.egress_cidrs or []]
-    for cidr in cidrs:
-        if not re.match(r"^[0-9a-fA-F:.]+/\d{1,3}$", cidr):
-            raise ConfigError(f"launcher.egress_cidrs: {cidr!r} is not a CIDR like 10.0.0.0/8")
     if cidrs:
         egress.append({"to": [{"ipBlock": {"cidr": c}} for c in cidrs]})
     ingress: list[dict[str, Any]] = [{"from": [peers]}]
