@@ -2,7 +2,8 @@
 
 Exit codes (DESIGN.md): 0 done; 2 bad config, usage or data (never retried); 1 runtime failure; 143 stopped by
 SIGTERM after saving a checkpoint. Errors print one clear message without a traceback; ``debug=true`` or
-``FRAMEWORK_DEBUG=1`` shows it.
+``FRAMEWORK_DEBUG=1`` shows it. ``--validate`` composes and validates the config (every problem at once, exit 2)
+and starts nothing.
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ from recipes import RECIPES
 
 log = logging.getLogger("framework")
 _failed_jobs: list[str] = []
+_validate_only = False  # set by main() for --validate
+VALIDATE_FLAG = "--validate"
 
 
 def _gpu_count() -> int:
@@ -108,6 +111,8 @@ def task(cfg: DictConfig) -> dict[str, Any]:
         logging.getLogger().setLevel(logging.WARNING)
     multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
     try:
+        if _validate_only:
+            return validate_only(cfg)
         cfg = check(cfg, gpu_count=_gpu_count)
         run_dir = run_dir_for(cfg)
         if cfg.launcher.name == "local" and cfg.hardware.nproc_per_node > 1 and not dist.under_torchrun():
@@ -121,6 +126,29 @@ def task(cfg: DictConfig) -> dict[str, Any]:
         log.error("%s", e)
         _failed_jobs.append(str(e))
         return {"status": "FAILED", "error": str(e)}
+
+
+def validate_only(cfg: DictConfig) -> dict[str, Any]:
+    """``--validate``: every problem the launch would report (one ConfigError), or a one-line OK; nothing runs.
+
+    A local run is checked as it would start here (files exist, GPUs visible); another launcher's as that
+    launcher checks it (paths are read where the job runs)."""
+    local = cfg.launcher.name == "local"
+    cfg = check(cfg, gpu_count=_gpu_count if local else None, check_local_paths=local)
+    print(
+        f"Config OK: recipe={cfg.recipe.name} model={cfg.model.name} dataset={cfg.dataset.name} "
+        f"hardware={cfg.hardware.name} launcher={cfg.launcher.name} (validated only; nothing was started)",
+        flush=True,
+    )
+    return {"status": "VALID"}
+
+
+def validate_overrides(args: list[str], out_dir: str) -> list[str]:
+    """What ``--validate`` adds to the command line: run the task here (never a launcher that submits), with
+    Hydra's output in ``out_dir`` (a temporary directory) rather than in outputs/ or multirun/."""
+    if any(a in ("-m", "--multirun") for a in args):
+        return ["hydra/launcher=basic", f"hydra.sweep.dir={out_dir}"]
+    return ["hydra.mode=RUN", f"hydra.run.dir={out_dir}", "hydra.output_subdir=null"]
 
 
 def describe_error(e: BaseException) -> tuple[str, int]:
@@ -189,7 +217,18 @@ def _single_compose(args: list[str]) -> Iterator[None]:
 
 def main(argv: list[str] | None = None) -> int:
     """Console entry point; returns the process exit code."""
+    global _validate_only
     args = sys.argv[1:] if argv is None else list(argv)
+    _validate_only = VALIDATE_FLAG in args
+    args = [a for a in args if a != VALIDATE_FLAG]
+    scratch = tempfile.TemporaryDirectory(prefix="framework-validate-") if _validate_only else None
+    with scratch or contextlib.nullcontext() as out:
+        if out is not None:
+            args += validate_overrides(args, out)
+        return _main(args)
+
+
+def _main(args: list[str]) -> int:
     debug = os.environ.get("FRAMEWORK_DEBUG") == "1" or any(a in ("debug=true", "debug=True") for a in args)
     os.environ["HYDRA_FULL_ERROR"] = "1"  # errors reach us; we print them once, cleanly
     register()
@@ -215,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
         return code
     if _failed_jobs:
         print(f"error: {len(_failed_jobs)} sweep job(s) failed", file=sys.stderr)
-        return EXIT_RUNTIME
+        return EXIT_USAGE if _validate_only else EXIT_RUNTIME
     return 0
 
 
