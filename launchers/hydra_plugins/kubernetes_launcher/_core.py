@@ -87,15 +87,12 @@ def git_commit() -> str | None:
 
 
 def _validate(cfg: DictConfig) -> None:
-    """The framework's config checks and the launcher's, as one ConfigError, minus local-path existence: paths
-    are read inside the pods, not here."""
-    from hydra_plugins.kubernetes_launcher._problems import launcher_problems
-
+    """The framework's config checks and the launcher's (framework.validate asks launcher_problems through its
+    table), as one ConfigError, minus local-path existence: paths are read inside the pods, not here."""
     from framework.validate import validate
 
     # Composed with the schema already: no with_schema() needed. Paths are checked where they are read.
     problems = validate(cfg, gpu_count=None, check_local_paths=False)
-    problems += [p for p in launcher_problems(cfg) if p not in problems]  # once framework.validate asks too
     if problems:
         raise ConfigError(problems)
 
