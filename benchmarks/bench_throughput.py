@@ -101,7 +101,7 @@ SHAPES: dict[str, dict[str, Any]] = {
     },
 }
 RECIPES = {"lora": "lora_llama", "full": "full_finetune"}
-ARMS = ("hf+peft", "hf+peft+liger", "deepspeed", "ours", "ours+fast")
+ARMS = ("hf+peft", "hf+peft+liger", "deepspeed", "ours-ref", "ours", "ours+fast")
 BASELINES = ("hf+peft", "hf+peft+liger", "deepspeed")
 PEAK_TFLOPS = {"H200": 989.4, "H100": 989.4, "A100": 312.0, "L40S": 362.1, "A10G": 70.0}
 
@@ -475,8 +475,11 @@ def run_ours(cfg: Any, examples: list[data.Tokenized]) -> Arm:
 
 def arm_config(args: argparse.Namespace, recipe: str, arm: str) -> Any:
     extra = []
+    if arm == "ours-ref":
+        extra = ["hardware.fast_paths=false"]  # the reference paths (what the GPU profiles shipped before)
     if arm == "ours+fast":
         extra = [
+            "hardware.fast_paths=true",
             "model.fused_linear_ce=true",
             f"model.kernels={args.kernels}",
             f"train.compile={str(args.compile).lower()}",
@@ -613,7 +616,10 @@ def measure_in_child(arm: str, recipe: str, kind: str, args: argparse.Namespace)
     # The child gets a world of one of its own (this process's rendezvous port is taken).
     rendezvous = {"RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"}
     env = {k: v for k, v in os.environ.items() if k not in rendezvous}
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=args.arm_timeout)
+    except subprocess.TimeoutExpired:
+        return Result(arm, recipe, kind, note=f"timeout: over {args.arm_timeout:.0f} s")
     for line in reversed(proc.stdout.splitlines()):
         if line.startswith("RESULT "):
             return Result(**json.loads(line[len("RESULT ") :]))
@@ -722,6 +728,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
+    p.add_argument(
+        "--arm-timeout", type=float, default=None, help="seconds per arm run in a child process (--isolate)"
+    )
     p.add_argument("--only-arm", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.device is None:

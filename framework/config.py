@@ -69,6 +69,8 @@ class LoraConfig:
     target_modules: list[str] = field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     )
+    # q/k/v and gate/up share one dropout and one A GEMM (framework/lora_fused.py); null: hardware.fast_paths
+    fused_inputs: bool | None = None
 
 
 @dataclass
@@ -89,10 +91,12 @@ class ModelConfig:
     attn_implementation: str = "sdpa"  # eager | sdpa | flash_attention_2 | flex_attention
     gradient_checkpointing: bool = False  # recompute activations in backward to save memory
     train_embeddings: bool = False  # LoRA runs also train embeddings + LM head (for random-init bases)
-    fused_linear_ce: bool = False  # chunked LM head + cross-entropy, never materializing the full logits
+    # chunked LM head + cross-entropy, never materializing the full logits; null: hardware.fast_paths
+    fused_linear_ce: bool | None = None
     # RMSNorm/SwiGLU: hf (transformers' modules) | lean (our autograd functions: fewer saved activations, fused
     # into single kernels by train.compile) | liger (Liger's Triton RMSNorm, SwiGLU, RoPE; CUDA, liger-kernel)
-    kernels: str = "hf"
+    # | auto (hardware.fast_paths: liger when installed on cuda, else lean; otherwise hf)
+    kernels: str = "auto"
 
 
 @dataclass
@@ -131,6 +135,8 @@ class HardwareConfig:
     bucket_size: int = 500_000_000  # DeepSpeed reduce/allgather bucket size (elements)
     gpu_memory_gb: float | None = None  # memory per GPU; set: the launch is checked against an estimate
     cpu_threads: int | None = None  # torch threads per process; null: auto (1 for small models on CPU)
+    # defaults of model.fused_linear_ce, model.kernels=auto and lora.fused_inputs (framework/fastpath.py)
+    fast_paths: bool = False
     node_selector: dict[str, str] = field(default_factory=dict)  # pod nodeSelector
     tolerations: list[dict[str, Any]] = field(default_factory=list)  # pod tolerations
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from framework import fastpath
 from framework.errors import ConfigError
 
 GB = 1e9
@@ -173,7 +174,11 @@ class Estimate:
 
 def _lean_kernels(cfg: Any) -> bool:
     """RMSNorm and SwiGLU that save only their inputs (``model.kernels`` lean, or Liger's, which do the same)."""
-    return _get(cfg, "model.kernels", "hf") in ("lean", "liger")
+    return fastpath.resolve(cfg).kernels in ("lean", "liger")
+
+
+def _fused_ce(cfg: Any) -> bool:
+    return fastpath.resolve(cfg).fused_linear_ce
 
 
 def layer_activation_bytes(cfg: Any, *, first: bool = False) -> float:
@@ -207,6 +212,7 @@ def layer_activation_bytes(cfg: Any, *, first: bool = False) -> float:
     dropout = float(_get(cfg, "lora.dropout", 0.0))
     targets = set(_get(cfg, "lora.target_modules", []) or [])
     mask = 1 if cuda else b  # dropout mask: bool on CUDA, the input dtype on CPU
+    shared = fastpath.resolve(cfg).fused_lora_inputs  # a fused group drops out one copy for all its members
     groups = ((QKV, h, True), (("o_proj",), q, False), (GATE_UP, h, True), (("down_proj",), i, True))
     for names, width, input_is_new in groups:
         n = sum(1 for t in names if t in targets)
@@ -214,7 +220,8 @@ def layer_activation_bytes(cfg: Any, *, first: bool = False) -> float:
             continue
         act += n * b * r  # each lora_A output, kept for lora_B's weight gradient
         if dropout > 0:
-            act += n * (b + mask) * width  # each adapter drops out its own copy of the input
+            copies = 1 if shared and n == len(names) and len(names) > 1 else n
+            act += copies * (b + mask) * width  # each adapter (or fused group) drops out its own copy
         elif input_is_new:
             act += b * width  # lora_A keeps the (shared) input
     return float(act)
@@ -240,7 +247,7 @@ def activation_bytes(cfg: Any) -> float:
         per_token += b * s.hidden
     if pc.head_trainable:
         per_token += 8  # token ids, for the embedding's gradient
-        if not _get(cfg, "model.fused_linear_ce", False):
+        if not _fused_ce(cfg):
             per_token += b * s.hidden  # the LM head's input, for its weight gradient (fused: in logits_bytes)
     return per_token * tokens
 
@@ -250,7 +257,7 @@ def logits_bytes(cfg: Any) -> float:
     s = shapes(cfg)
     b = DTYPE_BYTES[_get(cfg, "hardware.precision", "fp32")]
     tokens = int(_get(cfg, "train.micro_batch_size", 1)) * int(_get(cfg, "dataset.max_seq_len", 2048))
-    if not _get(cfg, "model.fused_linear_ce", False):
+    if not _fused_ce(cfg):
         return float(tokens * ((b + 12) * s.vocab + 8))
     # The labelled hidden states and their stored gradient (2b H per token), one chunk of fp32 logits and its
     # cast to the model dtype, and the head weight's fp32 gradient (+ a per-chunk temporary) when it is trained.
@@ -310,7 +317,7 @@ def fixes(cfg: Any, est: Estimate, max_micro: int = 0) -> list[str]:
     stage = int(_get(cfg, "hardware.zero_stage", 0))
     world = int(_get(cfg, "hardware.nodes", 1)) * int(_get(cfg, "hardware.nproc_per_node", 1))
     mb = int(_get(cfg, "train.micro_batch_size", 1))
-    if not _get(cfg, "model.fused_linear_ce", False) and est.logits > 0.1 * est.total:
+    if not _fused_ce(cfg) and est.logits > 0.1 * est.total:
         out.append(f"model.fused_linear_ce=true (the logits take {est.logits / GB:.1f} GB)")
     if max_micro:
         out.append(

@@ -7,6 +7,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from framework import fastpath
 from framework.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -82,11 +83,12 @@ def build_model(cfg: DictConfig, vocab_len: int) -> Any:
     model.config.use_cache = False
     if m.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    if m.get("fused_linear_ce", False):
+    paths = fastpath.resolve(cfg)
+    if paths.fused_linear_ce:
         from framework.kernels import enable_fused_linear_ce
 
         enable_fused_linear_ce(model)  # the loss from hidden states in chunks; no [tokens, vocab] logits
-    kernels = m.get("kernels", "hf")
+    kernels = paths.kernels
     if kernels == "lean":
         from framework.kernels import enable_lean_ops
 
@@ -121,7 +123,12 @@ def apply_lora(model: Any, cfg: DictConfig) -> Any:
         # A random-init base has no vocabulary to adapt; its embeddings must learn one alongside the adapters.
         modules_to_save=["embed_tokens", "lm_head"] if cfg.model.train_embeddings else None,
     )
-    model = get_peft_model(model, peft_cfg)
+    # Adapters in the base's (compute) dtype: peft's default fp32 upcast only makes a copy DeepSpeed casts back.
+    model = get_peft_model(model, peft_cfg, autocast_adapter_dtype=False)
+    if fastpath.resolve(cfg).fused_lora_inputs:
+        from framework.lora_fused import fuse_shared_inputs
+
+        fuse_shared_inputs(model)
     if cfg.model.gradient_checkpointing:
         drop_input_grad_hooks(model)
     return model

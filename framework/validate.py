@@ -21,6 +21,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from framework import fastpath
 from framework.config import Config, package_path
 from framework.errors import ConfigError
 from framework.tracking_config import tracking_problems as _tracking_section_problems
@@ -43,7 +44,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "optim.name": ("adamw", "sgd"),
     "scheduler.name": ("cosine", "constant"),
     "model.attn_implementation": ("eager", "sdpa", "flash_attention_2", "flex_attention"),
-    "model.kernels": ("hf", "lean", "liger"),
+    "model.kernels": ("auto", "hf", "lean", "liger"),
     "dataset.overlong": ("truncate", "drop"),
     "hardware.accelerator": ("cpu", "cuda"),
     "hardware.precision": ("fp32", "bf16", "fp16"),
@@ -348,4 +349,5 @@ def check(
     problems = validate(cfg, gpu_count=gpu_count, check_local_paths=check_local_paths)
     if problems:
         raise ConfigError(problems)
+    fastpath.settle(cfg)  # config.yaml records the speed paths the run uses, not "auto"
     return cfg

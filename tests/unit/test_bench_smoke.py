@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
+import json
 import os
 import random
 import subprocess
 import sys
+from pathlib import Path
 from types import ModuleType
 
 import pytest
@@ -94,31 +97,46 @@ def test_liger_reason_on_cpu() -> None:
 
 
 @pytest.mark.integration
-def test_tiny_run_prints_every_row() -> None:
-    """The whole benchmark at --steps 2 (about 20 s on 2 shared cores)."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+def test_gpu_script_in_cpu_mode_runs_every_arm_and_writes_the_json(tmp_path: Path) -> None:
+    """benchmarks/gpu/run.sh, the one-call GPU run, in its CPU mode (tiny shape, 1 step: ~40 s on 2 cores):
+    every (data, recipe, arm) row printed and in results.json, each with the benchmark's Result fields."""
+    out = tmp_path / "out"
+    env = {
+        **os.environ,
+        "SHAPES": "tiny",
+        "DEVICE": "cpu",
+        "STEPS": "1",
+        "WARMUP": "1",
+        "PYTHON": sys.executable,
+    }
     proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "--shape", "tiny", "--steps", "2", "--warmup", "1", "--device", "cpu"],
+        ["bash", str(ROOT / "benchmarks" / "gpu" / "run.sh"), str(out)],
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=600,
         cwd=ROOT,
         env=env,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    out = proc.stdout
-    rows = [ln for ln in out.splitlines() if ln.startswith(("full ", "varlen "))]
-    assert len(rows) == 20, out
+    printed = [ln for ln in proc.stdout.splitlines() if ln.startswith(("full ", "varlen "))]
+    result = json.loads((out / "results.json").read_text())
+    rows = result["rows"]
+    assert result["device"] == "cpu" and len(rows) == len(printed) == 2 * 2 * len(bt.ARMS), proc.stdout
+    fields = {f.name for f in dataclasses.fields(bt.Result)} | {"shape", "device"}
     for kind in ("full", "varlen"):
         for recipe in ("lora", "full"):
             for arm in bt.ARMS:
-                match = [r for r in rows if r.split()[:3] == [kind, recipe, arm]]
+                match = [r for r in rows if (r["data"], r["recipe"], r["arm"]) == (kind, recipe, arm)]
                 assert len(match) == 1, (kind, recipe, arm)
+                assert set(match[0]) == fields and match[0]["shape"] == "tiny"
                 if arm == "hf+peft+liger":
-                    assert "skipped" in match[0]
+                    assert match[0]["note"].startswith("skipped")
                 else:
-                    assert match[0].split()[3].replace(",", "").isdigit(), match[0]  # tokens/s measured
-            assert f"{kind}/{recipe}: ours = " in out and f"{kind}/{recipe}: ours+fast = " in out
+                    assert match[0]["tokens_per_s"] > 0, match[0]
+            assert (
+                f"{kind}/{recipe}: ours = " in proc.stdout and f"{kind}/{recipe}: ours+fast = " in proc.stdout
+            )
+    assert (out / "table.txt").read_text().count("tokens/s") >= 1
 
 
 @pytest.mark.parametrize("shape", ["1b", "8b"])

@@ -155,6 +155,7 @@ def test_published_gpu_figures_for_reference() -> None:
     fast = ["model.fused_linear_ce=true", "model.kernels=lean"]
     common = [
         "hardware=h200x1",
+        "hardware.fast_paths=false",  # "plain": the reference paths the published baselines ran
         "dataset.max_seq_len=2048",
         "lora.r=16",
         "model.gradient_checkpointing=false",
@@ -169,7 +170,7 @@ def test_published_gpu_figures_for_reference() -> None:
 
 
 def test_max_micro_batch_is_the_largest_that_fits() -> None:
-    base = ["model=llama3_2_1b", "hardware=h200x1", "dataset.max_seq_len=2048"]
+    base = ["model=llama3_2_1b", "hardware=h200x1", "hardware.fast_paths=false", "dataset.max_seq_len=2048"]
     biggest = memory.max_micro_batch(cfg_for(*base), 141)
     assert biggest >= 8
     assert memory.check_fits(cfg_for(*base, f"train.micro_batch_size={biggest}"))
@@ -193,8 +194,9 @@ def test_check_fits_names_estimate_budget_and_fixes() -> None:
     assert memory.check_fits(cfg, gpu_memory_gb=1000).total > 141e9
     lora = cfg_for("model=llama3_2_1b", "hardware=h200x1", "dataset.max_seq_len=2048")
     assert memory.check_fits(lora).total < 141e9
+    reference = ["hardware.fast_paths=false", "dataset.max_seq_len=2048"]
     with pytest.raises(ConfigError, match="fused_linear_ce=true"):
-        memory.check_fits(cfg_for("model=llama3_2_1b", "hardware=h200x1", "dataset.max_seq_len=2048"), 40)
+        memory.check_fits(cfg_for("model=llama3_2_1b", "hardware=h200x1", *reference), 40)
     with pytest.raises(ConfigError, match="gradient_checkpointing=true"):
         memory.check_fits(lora, 20)
 
