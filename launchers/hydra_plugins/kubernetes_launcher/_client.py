@@ -25,7 +25,8 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from hydra_plugins.kubernetes_launcher._render import COMPLETION_INDEX, MANAGED_BY
+from hydra_plugins.kubernetes_launcher._backends import BACKENDS, BY_KIND
+from hydra_plugins.kubernetes_launcher._names import MANAGED_BY
 
 from framework.errors import EXIT_USAGE, FrameworkError
 
@@ -35,14 +36,18 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 TRANSIENT_STATUS = frozenset({429, 500, 502, 503, 504})
+EXIT_OOM_KILLED = 137  # 128 + SIGKILL: the kernel's OOM killer (or a SIGKILL after the grace period)
 _OBJECT = {200: "object", 201: "object", 202: "object"}  # responses as plain dicts
-PYTORCHJOB_REPLICA_TYPE = "training.kubeflow.org/replica-type"
-PYTORCHJOB_REPLICA_INDEX = "training.kubeflow.org/replica-index"
 INSTANCE_LABEL = "app.kubernetes.io/instance"
 
 
 class KubernetesError(FrameworkError):
-    """A Kubernetes operation failed; the message names the resource and what to do."""
+    """A Kubernetes operation failed; the message names the resource and what to do. ``status`` is the API
+    server's HTTP status (None when no response came back): code reads it, never the message."""
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class ClusterUnreachable(KubernetesError):
@@ -87,9 +92,7 @@ class Kind:
 KINDS = {
     k.kind: k
     for k in (
-        Kind("Job", "batch", "v1", "jobs"),
-        Kind("JobSet", "jobset.x-k8s.io", "v1alpha2", "jobsets"),
-        Kind("PyTorchJob", "kubeflow.org", "v1", "pytorchjobs"),
+        *(Kind(b.kind, b.group, b.version, b.plural) for b in BACKENDS.values()),
         Kind("ConfigMap", "", "v1", "configmaps"),
         Kind("Service", "", "v1", "services"),
         Kind("Pod", "", "v1", "pods"),
@@ -101,8 +104,7 @@ KINDS = {
         Kind("PodMonitor", "monitoring.coreos.com", "v1", "podmonitors"),
     )
 }
-JOB_KINDS = ("Job", "JobSet", "PyTorchJob")
-BACKEND_KIND = {"indexed_job": "Job", "jobset": "JobSet", "pytorchjob": "PyTorchJob"}
+JOB_KINDS = tuple(BY_KIND)
 SETUP_KINDS = ("ServiceAccount", "Role", "RoleBinding")
 
 
@@ -128,22 +130,37 @@ class JobInfo:
     created: str = ""
     labels: dict[str, str] = field(default_factory=dict)
     annotations: dict[str, str] = field(default_factory=dict)
+    reason: str = (
+        ""  # the reason of the condition that ended it (PodFailurePolicy, BackoffLimitExceeded, ...)
+    )
 
     @property
     def done(self) -> bool:
         return self.phase in ("Succeeded", "Failed", "Deleted")
 
     @property
+    def exit_code(self) -> int | None:
+        """The exit code that explains a failure, from the pods' container statuses: 2 (bad config) first, then
+        137 (OOM-killed), else the lowest node rank's non-zero code; None when no pod reported one."""
+        codes = [p.exit_code for p in self.pods if p.exit_code not in (None, 0)]
+        for code in (EXIT_USAGE, EXIT_OOM_KILLED):
+            if code in codes:
+                return code
+        return codes[0] if codes else None
+
+    @property
     def permanent_failure(self) -> bool:
-        """Failed because a pod exited 2 (bad config or data): rerunning cannot help."""
-        return self.phase == "Failed" and (
-            "PodFailurePolicy" in self.message or "exit code 2" in self.message
-        )
+        """Failed because a pod exited 2 (bad config or data), so the controller's exit-2 rule ended it:
+        rerunning cannot help."""
+        return self.phase == "Failed" and (self.reason == "PodFailurePolicy" or self.exit_code == EXIT_USAGE)
 
     def describe(self) -> str:
         """One line: the phase and, while not running, why."""
         if self.done or not self.pods:
-            return f"{self.phase}: {self.message}" if self.message else self.phase
+            text = f"{self.phase}: {self.message}" if self.message else self.phase
+            if self.phase == "Failed" and self.exit_code is not None:
+                text += f" ({exit_meaning(self.exit_code)})"
+            return text
         running = sum(p.phase == "Running" for p in self.pods)
         waiting = [p for p in self.pods if p.reason and p.phase in ("Pending", "Unknown")]
         if waiting:
@@ -187,7 +204,11 @@ def api_error(
             "launcher.namespace"
         )
     elif (
-        status == 404 and kind.kind in ("JobSet", "PyTorchJob") and verb in ("create", "list") and not details
+        status == 404
+        and kind.kind in BY_KIND
+        and kind.group != "batch"
+        and verb in ("create", "list")
+        and not details
     ):
         why = (
             f"the {kind.kind} API ({kind.resource}/{kind.version}) is not installed on this cluster (404) — "
@@ -212,7 +233,7 @@ def api_error(
         why = f"{status} {server_msg}".strip()
     if status == 403 and server_msg:  # names the user the server saw
         why += f" [{server_msg}]"
-    return KubernetesError(f"Failed to {verb} {what}: {why}")
+    return KubernetesError(f"Failed to {verb} {what}: {why}", status=status or None)
 
 
 def _is_transient_exc(e: BaseException) -> bool:
@@ -283,7 +304,7 @@ class JobClient:
         poll_interval_s: float = 5.0,
     ) -> None:
         self.namespace = namespace
-        self.kind = KINDS[BACKEND_KIND[backend]]
+        self.kind = KINDS[BACKENDS[backend].kind]
         self.retries = max(1, retries)
         self.timeout_s = timeout_s
         self.backoff_s = backoff_s
@@ -362,7 +383,7 @@ class JobClient:
             return self._request("create", kind, "POST", kind.path(ns), name=name, body=obj, retries=retries)  # type: ignore[no-any-return]
         except KubernetesError as e:
             # A create that timed out may have succeeded: a retry then sees 409. Ours (same config hash)? Done.
-            if "(409)" in str(e) and isinstance(e.__cause__, Exception) and self._is_ours(kind, name, obj):
+            if e.status == 409 and isinstance(e.__cause__, Exception) and self._is_ours(kind, name, obj):
                 return self.get(kind.kind, name)
             raise
 
@@ -393,7 +414,7 @@ class JobClient:
         try:
             self._request("delete", k, "DELETE", k.path(self.namespace, name), name=name, body=body)
         except KubernetesError as e:
-            if not (missing_ok and "(404)" in str(e)):
+            if not (missing_ok and e.status == 404):
                 raise
 
     # ---------------------------------------------------------------------------------------- lifecycle
@@ -437,7 +458,7 @@ class JobClient:
                 try:
                     self.create(obj, retries=self.retries)
                 except KubernetesError as e:
-                    if "(409)" not in str(e):  # namespace already set up
+                    if e.status != 409:  # namespace already set up
                         raise
         created: list[dict[str, Any]] = []
         try:
@@ -484,7 +505,7 @@ class JobClient:
                 self.get(kind, name)
                 return KINDS[kind]
             except KubernetesError as e:
-                if "(404)" not in str(e) and "(403)" not in str(e):
+                if e.status not in (403, 404):
                     raise
         raise KubernetesError(
             f"No training job {self.namespace}/{name} (looked for {', '.join(order)}); list them with "
@@ -498,7 +519,7 @@ class JobClient:
         try:
             obj = self.get(kind.kind, name)
         except KubernetesError as e:
-            if "(404)" in str(e):
+            if e.status == 404:
                 return JobInfo(name, self.namespace, kind.kind, "Deleted", "the job no longer exists"), None
             raise
         info = job_info(obj, kind.kind)
@@ -612,7 +633,7 @@ class JobClient:
                     or []
                 )
             except KubernetesError as e:
-                if kind != self.kind.kind and ("(404)" in str(e) or "(403)" in str(e)):
+                if kind != self.kind.kind and e.status in (403, 404):
                     continue  # that operator is not installed (or not ours to read)
                 raise
             jobs.extend(job_info(obj, kind) for obj in items)
@@ -683,7 +704,7 @@ class JobClient:
                     emit(line)
             except KubernetesError as e:
                 log.debug("log stream of %s ended: %s", pod.name, e)
-                if "(400)" in str(e):  # container not started yet: try this pod again
+                if e.status == 400:  # container not started yet: try this pod again
                     seen.discard(pod.name)
                     stop.wait(1.0)
             except Exception as e:  # a connection closed under us when following stops
@@ -724,62 +745,31 @@ def _cond_text(c: dict[str, Any]) -> str:
 
 
 def job_info(obj: dict[str, Any], kind: str) -> JobInfo:
-    """Phase and message of a Job, JobSet or PyTorchJob from its status conditions."""
+    """Phase and message of a job object from its status conditions (read by its backend's entry)."""
     meta = obj.get("metadata") or {}
-    status = obj.get("status") or {}
-    conds = _conditions(obj)
-    phase, message = "Pending", ""
-    if kind == "Job":
-        if "Complete" in conds:
-            phase, message = "Succeeded", _cond_text(conds["Complete"])
-        elif "Failed" in conds or "FailureTarget" in conds:
-            phase, message = "Failed", _cond_text(conds.get("Failed") or conds["FailureTarget"])
-        elif "Suspended" in conds:
-            phase = "Suspended"
-        elif status.get("active") or status.get("ready"):
-            phase = "Running"
-    elif kind == "JobSet":
-        if "Completed" in conds:
-            phase, message = "Succeeded", _cond_text(conds["Completed"])
-        elif "Failed" in conds:
-            phase, message = "Failed", _cond_text(conds["Failed"])
-        elif "Suspended" in conds:
-            phase = "Suspended"
-        elif status.get("replicatedJobsStatus"):
-            phase = "Running"
-    else:
-        if "Succeeded" in conds:
-            phase, message = "Succeeded", _cond_text(conds["Succeeded"])
-        elif "Failed" in conds:
-            phase, message = "Failed", _cond_text(conds["Failed"])
-        elif "Suspended" in conds:
-            phase = "Suspended"
-        elif "Running" in conds or "Restarting" in conds:
-            phase = "Running"
+    phase, cond = BY_KIND[kind].phase(_conditions(obj), obj.get("status") or {})
     return JobInfo(
         name=str(meta.get("name", "")),
         namespace=str(meta.get("namespace", "")),
         kind=kind,
         phase=phase,
-        message=message,
+        message=_cond_text(cond) if cond else "",
+        reason=str((cond or {}).get("reason") or ""),
         created=str(meta.get("creationTimestamp") or ""),
         labels=dict(meta.get("labels") or {}),
         annotations=dict(meta.get("annotations") or {}),
     )
 
 
-def _node_rank(pod: dict[str, Any], kind: str) -> int | None:
-    meta = pod.get("metadata") or {}
-    labels, annotations = meta.get("labels") or {}, meta.get("annotations") or {}
-    try:
-        if kind == "PyTorchJob":
-            rtype = str(labels.get(PYTORCHJOB_REPLICA_TYPE, "")).lower()
-            index = int(labels.get(PYTORCHJOB_REPLICA_INDEX, 0))
-            return 0 if rtype == "master" else index + 1 if rtype == "worker" else None
-        value = annotations.get(COMPLETION_INDEX, labels.get(COMPLETION_INDEX))
-        return None if value is None else int(value)
-    except (TypeError, ValueError):
-        return None
+def exit_meaning(code: int) -> str:
+    """What a pod's exit code means under DESIGN.md's contract, with the fix where there is one."""
+    meanings = {
+        EXIT_USAGE: "exit code 2: bad config or data, not retried; fix the error the pod logged",
+        EXIT_OOM_KILLED: "exit code 137: OOM-killed (or killed after the grace period); raise "
+        "hardware.memory or lower train.micro_batch_size",
+        143: "exit code 143: stopped by SIGTERM after a checkpoint",
+    }
+    return meanings.get(code, f"exit code {code}")
 
 
 HINTS = {
@@ -791,6 +781,7 @@ HINTS = {
     "Unschedulable": "no node has the requested resources free (hardware.* profile, node_selector, tolerations)",
     "FailedScheduling": "no node has the requested resources free (hardware.* profile, node_selector, tolerations)",
     "FailedMount": "a volume could not be mounted; check launcher.pvcs",
+    "OOMKilled": "out of memory: raise hardware.memory or lower train.micro_batch_size",
 }
 
 
@@ -806,7 +797,7 @@ def pod_info(pod: dict[str, Any], kind: str) -> PodInfo:
     info = PodInfo(
         name=str(meta.get("name", "")),
         phase=str(status.get("phase") or "Pending"),
-        node_rank=_node_rank(pod, kind),
+        node_rank=BY_KIND[kind].node_rank(pod),
         created=str(meta.get("creationTimestamp") or ""),
     )
     for c in status.get("conditions") or []:
@@ -822,8 +813,9 @@ def pod_info(pod: dict[str, Any], kind: str) -> PodInfo:
         if terminated and terminated.get("exitCode") not in (None, 0):
             info.exit_code = int(terminated["exitCode"])
             tail = str(terminated.get("message") or "").strip().splitlines()[-1:] or [""]
-            info.reason = (
-                f"exit code {info.exit_code} ({terminated.get('reason') or 'Error'}) {tail[0]}".strip()
-            )
+            why = str(terminated.get("reason") or "Error")
+            info.reason = f"exit code {info.exit_code} ({why}) {tail[0]}".strip()
+            if why == "OOMKilled" or info.exit_code == EXIT_OOM_KILLED:
+                info.reason = _hint("OOMKilled", info.reason)
             return info
     return info

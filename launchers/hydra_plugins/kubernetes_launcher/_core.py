@@ -376,13 +376,13 @@ def _interrupted(jobs: list[Job], clients: dict[tuple[Any, ...], JobClient], pol
 
 # ----------------------------------------------------------------------------------------------- results
 def _value(job: Job) -> dict[str, Any]:
-    from hydra_plugins.kubernetes_launcher._client import BACKEND_KIND
+    from hydra_plugins.kubernetes_launcher._backends import BACKENDS
 
     return {
         "status": job.status,
         "job": job.name,
         "namespace": str(job.launcher.namespace),
-        "kind": BACKEND_KIND[str(job.launcher.backend)],
+        "kind": BACKENDS[str(job.launcher.backend)].kind,
         "manifests": str(job.out_dir / "manifests.yaml"),
         "run_dir": _render.pod_run_dir(job.cfg, job.name),
         "eval_loss": job.extra.get("eval_loss"),

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from hydra_plugins.kubernetes_launcher._backends import BACKENDS
 from hydra_plugins.kubernetes_launcher._names import (
     CANCEL_ON_INTERRUPT,
     CIDR,
@@ -33,8 +34,6 @@ from omegaconf import DictConfig, OmegaConf
 
 from framework.errors import ConfigError
 from framework.secrets import name_looks_secret
-
-BACKEND_NAMES = ("indexed_job", "jobset", "pytorchjob")
 
 
 def launcher_problems(cfg: DictConfig | Mapping[str, Any]) -> list[str]:
@@ -73,9 +72,9 @@ def plain_problems(plain: Mapping[str, Any]) -> list[str]:
 
 def _settings(launcher: Mapping[str, Any], hw: Mapping[str, Any]) -> list[str]:
     problems = []
-    if launcher.get("backend") not in BACKEND_NAMES:
+    if launcher.get("backend") not in BACKENDS:  # the table itself: a new entry is valid at once
         problems.append(
-            f"launcher.backend={launcher.get('backend')!r} is not valid; choose one of: {', '.join(BACKEND_NAMES)}"
+            f"launcher.backend={launcher.get('backend')!r} is not valid; choose one of: {', '.join(BACKENDS)}"
         )
     if not DNS_LABEL.match(str(launcher.get("namespace"))):
         problems.append(

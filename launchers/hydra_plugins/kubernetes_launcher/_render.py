@@ -20,6 +20,8 @@ from types import SimpleNamespace
 from typing import Any
 
 import yaml
+from hydra_plugins.kubernetes_launcher._backends import BACKENDS as BACKEND_TABLE
+from hydra_plugins.kubernetes_launcher._backends import BY_KIND, JobParts
 from hydra_plugins.kubernetes_launcher._names import (  # noqa: F401 - re-exported: tests and api read them here
     APP_NAME,
     CACHE_DIR,
@@ -41,7 +43,7 @@ from hydra_plugins.kubernetes_launcher._names import (  # noqa: F401 - re-export
     label_value,
     split_secret_ref,
 )
-from hydra_plugins.kubernetes_launcher._problems import BACKEND_NAMES, plain_problems
+from hydra_plugins.kubernetes_launcher._problems import plain_problems
 from omegaconf import DictConfig, OmegaConf
 
 from framework.config import config_yaml
@@ -52,28 +54,21 @@ from framework.secrets import name_looks_secret
 Manifest = dict[str, Any]
 _SafeDumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)  # libyaml when available
 
-BACKENDS = BACKEND_NAMES
-JOBSET_REPLICATED_JOB = "node"  # JobSet pods: <jobset>-node-0-<node rank>
-EXIT_PERMANENT = 2  # DESIGN.md: bad config or data, never retried
-EXIT_PREEMPTED = 143  # DESIGN.md: SIGTERM after a checkpoint, retryable
+BACKENDS = tuple(BACKEND_TABLE)
 COMMAND = [
     "framework-torchrun"
 ]  # console script of hydra_plugins.kubernetes_launcher.torchrun (the image has it)
 
-# Kubeflow's training-operator finds the rendezvous port by these names and injects MASTER_ADDR/PORT, RANK.
-PYTORCHJOB_CONTAINER, PYTORCHJOB_PORT = "pytorch", "pytorchjob-port"
-CONTAINER, PORT_NAME = "trainer", "rdzv"
 looks_secret = name_looks_secret
 
 
 # ----------------------------------------------------------------------------------------------- names
 def _host_suffix(backend: str, nodes: int) -> str:
     """The longest suffix the backend appends to the job name to form a pod hostname (a DNS label itself)."""
-    if backend == "jobset":
-        return f"-{JOBSET_REPLICATED_JOB}-0-{nodes - 1}"
-    if backend == "pytorchjob":
-        return max("-master-0", f"-worker-{max(nodes - 2, 0)}", key=len)
-    return f"-{nodes - 1}"
+    entry = BACKEND_TABLE.get(backend)
+    if entry is None:  # not a backend (launcher_problems says so): the longest of any, so names stay valid
+        return max((b.host_suffix(nodes) for b in BACKEND_TABLE.values()), key=len)
+    return entry.host_suffix(nodes)
 
 
 def job_name(
@@ -89,11 +84,7 @@ def job_name(
 
 def master_addr(backend: str, name: str) -> str:
     """DNS name of the rank-0 pod (node rank 0) for each backend."""
-    if backend == "jobset":  # JobSet hostnames: <jobset>-<replicatedJob>-<job index>-<pod index>.<subdomain>
-        return f"{name}-{JOBSET_REPLICATED_JOB}-0-0.{name}"
-    if backend == "pytorchjob":  # the operator's per-replica Service (it also sets MASTER_ADDR to this)
-        return f"{name}-master-0"
-    return f"{name}-0.{name}"  # Indexed Job hostname <job>-<index> under the headless Service <job>
+    return BACKEND_TABLE[backend].master_addr(name)
 
 
 def pod_run_dir(cfg: DictConfig, name: str) -> str:
@@ -107,9 +98,7 @@ def _hydra_run_dir(cfg: DictConfig, name: str) -> str:
 
 def container_args(cfg: DictConfig, name: str) -> list[str]:
     """torchrun's arguments (after COMMAND); identical on every pod of the job."""
-    # The PyTorchJob operator exports the node rank as RANK, appended after our env: Kubernetes substitutes it
-    # into args (which see the whole env) but not into an earlier env value, so it is used here directly.
-    node_rank = "$(RANK)" if cfg.launcher.backend == "pytorchjob" else "$(NODE_RANK)"
+    node_rank = BACKEND_TABLE[str(cfg.launcher.backend)].node_rank_arg
     return [
         "--nnodes=$(NNODES)",
         "--nproc-per-node=$(NPROC_PER_NODE)",
@@ -163,9 +152,7 @@ def _env(cfg: DictConfig, name: str) -> list[dict[str, Any]]:
         {"name": "NNODES", "value": str(hw.nodes)},
         {"name": "NPROC_PER_NODE", "value": str(hw.nproc_per_node)},
     ]
-    if (
-        launcher.backend != "pytorchjob"
-    ):  # PyTorchJob: the operator's RANK is the node rank (see container_args)
+    if BACKEND_TABLE[str(launcher.backend)].node_rank_env:  # else the operator's RANK (see container_args)
         env.append(
             {
                 "name": "NODE_RANK",
@@ -263,9 +250,9 @@ def pod_monitor(cfg: DictConfig, name: str, labels: Mapping[str, str]) -> Manife
 
 def _container(cfg: DictConfig, name: str, mounts: list[dict[str, Any]]) -> dict[str, Any]:
     launcher = cfg.launcher
-    pytorchjob = launcher.backend == "pytorchjob"
+    entry = BACKEND_TABLE[str(launcher.backend)]
     container: dict[str, Any] = {
-        "name": PYTORCHJOB_CONTAINER if pytorchjob else CONTAINER,
+        "name": entry.container,
         "image": str(launcher.image),
         "imagePullPolicy": str(launcher.image_pull_policy),
         "command": list(COMMAND),
@@ -274,7 +261,7 @@ def _container(cfg: DictConfig, name: str, mounts: list[dict[str, Any]]) -> dict
         "env": _env(cfg, name),
         "ports": [
             {
-                "name": PYTORCHJOB_PORT if pytorchjob else PORT_NAME,
+                "name": entry.port_name,
                 "containerPort": int(launcher.master_port),
                 "protocol": "TCP",
             }
@@ -318,7 +305,7 @@ def _pod_template(cfg: DictConfig, name: str, labels: Mapping[str, str]) -> dict
         "containers": [container],
         "volumes": volumes,
     }
-    if launcher.backend == "indexed_job":
+    if BACKEND_TABLE[str(launcher.backend)].headless_service:
         spec["subdomain"] = name  # hostname <job>-<index> resolves under the headless Service <job>
     if launcher.service_account:
         spec["serviceAccountName"] = str(launcher.service_account)
@@ -351,38 +338,6 @@ def _extra(launcher: DictConfig, key: str) -> dict[str, Any]:
 
 
 # -------------------------------------------------------------------------------------- job-level objects
-def pod_failure_policy(container: str) -> dict[str, Any]:
-    """Exit 2 (bad config) fails the job at once; preemption (exit 143, disruption) is retried for free."""
-    return {
-        "rules": [
-            {
-                "action": "FailJob",
-                "onExitCodes": {"containerName": container, "operator": "In", "values": [EXIT_PERMANENT]},
-            },
-            {
-                "action": "Ignore",
-                "onExitCodes": {"containerName": container, "operator": "In", "values": [EXIT_PREEMPTED]},
-            },
-            {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
-        ]
-    }
-
-
-def _indexed_job_spec(cfg: DictConfig, template: dict[str, Any], backoff_limit: int) -> dict[str, Any]:
-    launcher, nodes = cfg.launcher, int(cfg.hardware.nodes)
-    spec: dict[str, Any] = {
-        "completionMode": "Indexed",  # completion index = node rank
-        "completions": nodes,
-        "parallelism": nodes,
-        "backoffLimit": backoff_limit,
-        "podFailurePolicy": pod_failure_policy(CONTAINER),
-        "template": template,
-    }
-    if launcher.active_deadline_s:
-        spec["activeDeadlineSeconds"] = int(launcher.active_deadline_s)
-    return spec
-
-
 def _metadata(
     name: str, namespace: str, labels: Mapping[str, str], annotations: Mapping[str, str] | None = None
 ) -> dict[str, Any]:
@@ -445,7 +400,6 @@ def render(
     if overrides:
         annotations[f"{LABEL_PREFIX}overrides"] = " ".join(overrides)
     template = _pod_template(cfg, name, labels)
-    ttl = int(launcher.ttl_after_finished_s)
 
     objs: list[Manifest] = []
     if launcher.setup_namespace:
@@ -458,96 +412,19 @@ def render(
             "data": {CONFIG_FILE: text},
         }
     )
-    job_extra = _extra(launcher, "job_spec")
-    if backend == "indexed_job":
-        objs.append(
-            {
-                "apiVersion": "v1",
-                "kind": "Service",
-                "metadata": _metadata(name, ns, labels),
-                "spec": {
-                    "clusterIP": "None",  # headless: DNS answers with the pod IPs
-                    "publishNotReadyAddresses": True,  # rank 0 must resolve before any pod is Ready
-                    "selector": {JOB_NAME_LABEL: name},
-                    "ports": [{"name": PORT_NAME, "port": int(launcher.master_port), "protocol": "TCP"}],
-                },
-            }
-        )
-        spec = _indexed_job_spec(cfg, template, int(launcher.backoff_limit))
-        spec["ttlSecondsAfterFinished"] = ttl
-        spec.update(job_extra)
-        objs.append(
-            {
-                "apiVersion": "batch/v1",
-                "kind": "Job",
-                "metadata": _metadata(name, ns, labels, annotations),
-                "spec": spec,
-            }
-        )
-    elif backend == "jobset":
-        # One pod failing breaks the static rendezvous of all: the child Job does not retry single pods
-        # (backoffLimit 0) and the JobSet restarts the whole group instead, up to maxRestarts.
-        child = _indexed_job_spec(cfg, template, 0)
-        spec = {
-            "network": {"enableDNSHostnames": True, "publishNotReadyAddresses": True},
-            "failurePolicy": {
-                "maxRestarts": int(launcher.backoff_limit),
-                "rules": [
-                    {  # exit 2 made the child Job fail through its podFailurePolicy: permanent
-                        "name": "FailOnPermanentError",
-                        "action": "FailJobSet",
-                        "onJobFailureReasons": ["PodFailurePolicy"],
-                    }
-                ],
-            },
-            "ttlSecondsAfterFinished": ttl,
-            "replicatedJobs": [
-                {
-                    "name": JOBSET_REPLICATED_JOB,
-                    "replicas": 1,
-                    "template": {"metadata": {"labels": dict(labels)}, "spec": child},
-                }
-            ],
+    entry = BACKEND_TABLE[backend]
+    if entry.headless_service:
+        objs.append(headless_service(name, ns, labels, int(launcher.master_port), entry.port_name))
+    spec = entry.job_spec(JobParts(cfg, name, template, labels))
+    spec.update(_extra(launcher, "job_spec"))
+    objs.append(
+        {
+            "apiVersion": entry.api_version,
+            "kind": entry.kind,
+            "metadata": _metadata(name, ns, labels, annotations),
+            "spec": spec,
         }
-        spec.update(job_extra)
-        objs.append(
-            {
-                "apiVersion": "jobset.x-k8s.io/v1alpha2",
-                "kind": "JobSet",
-                "metadata": _metadata(name, ns, labels, annotations),
-                "spec": spec,
-            }
-        )
-    else:
-        run_policy: dict[str, Any] = {
-            "backoffLimit": int(launcher.backoff_limit),
-            "cleanPodPolicy": "Running",
-            "ttlSecondsAfterFinished": ttl,
-        }
-        if launcher.active_deadline_s:
-            run_policy["activeDeadlineSeconds"] = int(launcher.active_deadline_s)
-        # ExitCode: 1-127 are permanent (2 = bad config), 128-255 retryable (143 = preempted after a checkpoint).
-        replicas = {"Master": {"replicas": 1, "restartPolicy": "ExitCode", "template": template}}
-        if int(hw.nodes) > 1:
-            replicas["Worker"] = {
-                "replicas": int(hw.nodes) - 1,
-                "restartPolicy": "ExitCode",
-                "template": template,
-            }
-        spec = {
-            "nprocPerNode": str(hw.nproc_per_node),
-            "runPolicy": run_policy,
-            "pytorchReplicaSpecs": replicas,
-        }
-        spec.update(job_extra)
-        objs.append(
-            {
-                "apiVersion": "kubeflow.org/v1",
-                "kind": "PyTorchJob",
-                "metadata": _metadata(name, ns, labels, annotations),
-                "spec": spec,
-            }
-        )
+    )
     if launcher.setup_namespace:
         objs.append(network_policy(cfg, name, labels))
     if prometheus_port(cfg) is not None and getattr(launcher, "prometheus_monitor", "") == "podmonitor":
@@ -555,19 +432,31 @@ def render(
     return objs
 
 
+def headless_service(
+    name: str, namespace: str, labels: Mapping[str, str], port: int, port_name: str
+) -> Manifest:
+    """Service <job> for the pods' hostnames <job>-<index>.<job> (backends whose controller makes none)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(name, namespace, labels),
+        "spec": {
+            "clusterIP": "None",  # headless: DNS answers with the pod IPs
+            "publishNotReadyAddresses": True,  # rank 0 must resolve before any pod is Ready
+            "selector": {JOB_NAME_LABEL: name},
+            "ports": [{"name": port_name, "port": port, "protocol": "TCP"}],
+        },
+    }
+
+
 # ------------------------------------------------------------------------------------ namespace set-up
 def launcher_rules(backend: str) -> list[dict[str, Any]]:
     """The least the launcher needs in its namespace: manage its objects, read pods, logs and events."""
     manage = ["create", "get", "list", "watch", "delete"]
-    kinds = {
-        "indexed_job": ("batch", "jobs"),
-        "jobset": ("jobset.x-k8s.io", "jobsets"),
-        "pytorchjob": ("kubeflow.org", "pytorchjobs"),
-    }
-    group, plural = kinds[backend]
-    core = ["configmaps", "services"] if backend == "indexed_job" else ["configmaps"]
+    entry = BACKEND_TABLE[backend]
+    core = ["configmaps", "services"] if entry.headless_service else ["configmaps"]
     return [
-        {"apiGroups": [group], "resources": [plural], "verbs": manage},
+        {"apiGroups": [entry.group], "resources": [entry.plural], "verbs": manage},
         {"apiGroups": [""], "resources": core, "verbs": manage},
         {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
         {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]},
@@ -639,22 +528,13 @@ def network_policy(cfg: DictConfig, name: str, labels: Mapping[str, str]) -> Man
 
 # ------------------------------------------------------------------------------------------------ reading
 def main_object(objs: Sequence[Manifest]) -> Manifest:
-    """The Job, JobSet or PyTorchJob among a job's objects."""
-    return next(o for o in objs if o["kind"] in ("Job", "JobSet", "PyTorchJob"))
+    """The job object (Job, JobSet, PyTorchJob, ...) among a job's objects."""
+    return next(o for o in objs if o["kind"] in BY_KIND)
 
 
 def pod_templates(obj: Manifest) -> list[dict[str, Any]]:
-    """The pod templates of a Job, JobSet or PyTorchJob (PyTorchJob: Master first)."""
-    spec = obj["spec"]
-    if obj["kind"] == "Job":
-        return [spec["template"]]
-    if obj["kind"] == "JobSet":
-        return [rj["template"]["spec"]["template"] for rj in spec["replicatedJobs"]]
-    return [
-        spec["pytorchReplicaSpecs"][r]["template"]
-        for r in ("Master", "Worker")
-        if r in spec["pytorchReplicaSpecs"]
-    ]
+    """The pod templates of a job object (PyTorchJob: Master first)."""
+    return BY_KIND[obj["kind"]].pod_templates(obj["spec"])
 
 
 def run_dir_is_ephemeral(objs: Sequence[Manifest]) -> bool:
