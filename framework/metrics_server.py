@@ -47,7 +47,11 @@ GAUGES: dict[str, tuple[str, str]] = {
     "step_time_s": ("framework_step_time_seconds", "Wall time of the last optimizer step on this rank"),
     "slowest_step_time_s": (
         "framework_slowest_rank_step_time_seconds",
-        "Wall time of the last optimizer step on the slowest rank (max over all ranks)",
+        "Compute time of the last optimizer step on the slowest rank (max over all ranks)",
+    ),
+    "compute_time_s": (
+        "framework_compute_time_seconds",
+        "Compute time of the last optimizer step on this rank, before waiting for the others",
     ),
     "data_time_s": ("framework_data_loading_time_seconds", "Time the last step waited for its input batches"),
     "gpu_memory_allocated_bytes": ("framework_gpu_memory_allocated_bytes", "GPU memory held by tensors"),
@@ -141,6 +145,7 @@ class MetricsServer:
         mfu: float | None = None,
         step_time_s: float | None = None,
         slowest_step_time_s: float | None = None,
+        compute_time_s: float | None = None,
         data_time_s: float | None = None,
         gpu_memory_allocated_bytes: float | None = None,
         gpu_memory_reserved_bytes: float | None = None,
@@ -159,6 +164,7 @@ class MetricsServer:
             "mfu": mfu,
             "step_time_s": step_time_s,
             "slowest_step_time_s": slowest_step_time_s,
+            "compute_time_s": compute_time_s,
             "data_time_s": data_time_s,
             "gpu_memory_allocated_bytes": gpu_memory_allocated_bytes,
             "gpu_memory_reserved_bytes": gpu_memory_reserved_bytes,

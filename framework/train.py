@@ -578,7 +578,13 @@ def train(
             last = {"step": step, "loss": loss, "lr": lr, "tokens_per_s": tok_s, "step_time_s": dt}
             if step % cfg.train.log_interval == 0 or step == d.steps:
                 metrics.write(last)
-            prom.update(**last, slowest_step_time_s=slowest_s, data_time_s=data_s, **cuda_memory_bytes())
+            prom.update(
+                **last,
+                slowest_step_time_s=slowest_s,
+                compute_time_s=own_s,  # vs the slowest rank's: the straggler alert
+                data_time_s=data_s,
+                **cuda_memory_bytes(),
+            )
             bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tok_s:,.0f}", refresh=False)
             bar.update(1)
             if not math.isfinite(loss):

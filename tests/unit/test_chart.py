@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import ast
 import copy
-import functools
 import json
 import re
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -20,40 +18,17 @@ from hydra_plugins.kubernetes_launcher._client import JobClient, KubernetesError
 from hydra_plugins.kubernetes_launcher._render import job_name, render
 from kubernetes.client.exceptions import ApiException
 
-from tests.fixtures import tools
+from tests.fixtures.chart import CHART, NS, run_helm, template
 from tests.k8s import pss, schemas
 from tests.k8s.compose import compose
 from tests.k8s.fake_apiserver import FakeKube, simulate
 
 ROOT = Path(__file__).resolve().parents[2]
-CHART = ROOT / "dockerfiles" / "chart"
 ENVIRONMENTS = {
     "default": (),
     "kind": (CHART / "values-kind.yaml",),
     "production": (CHART / "values-production.yaml",),
 }
-NS = "team-a"
-
-
-def run_helm(*args: str | Path, check: bool = True) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run([str(tools.helm()), *map(str, args)], capture_output=True, text=True, timeout=120)
-    if check and result.returncode != 0:
-        raise AssertionError(f"helm {' '.join(map(str, args))} failed:\n{result.stderr}")
-    return result
-
-
-@functools.cache
-def _template(values: tuple[Path, ...], sets: tuple[str, ...]) -> str:
-    args: list[str | Path] = ["template", "team", CHART, "-n", NS]
-    for v in values:
-        args += ["-f", v]
-    for s in sets:  # "json:key=<json>" sets a structured value
-        args += ["--set-json", s[5:]] if s.startswith("json:") else ["--set", s]
-    return run_helm(*args).stdout
-
-
-def template(*values: Path, sets: tuple[str, ...] = ()) -> list[dict[str, Any]]:
-    return [d for d in yaml.safe_load_all(_template(tuple(values), sets)) if d]
 
 
 def by_kind(objs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:

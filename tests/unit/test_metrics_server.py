@@ -35,6 +35,7 @@ ALL_VALUES: dict[str, Any] = {
     "mfu": 0.41,
     "step_time_s": 0.52,
     "slowest_step_time_s": 0.61,
+    "compute_time_s": 0.45,
     "data_time_s": 0.004,
     "gpu_memory_allocated_bytes": 2.0e9,
     "gpu_memory_reserved_bytes": 3.0e9,
