@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import yaml
 from hydra_plugins.kubernetes_launcher import _client
+from hydra_plugins.kubernetes_launcher._backends import BACKENDS
 from hydra_plugins.kubernetes_launcher._client import JobClient, KubernetesError
 from hydra_plugins.kubernetes_launcher._render import job_name, render
 from kubernetes.client.exceptions import ApiException
@@ -377,7 +378,7 @@ def exercise(kube: FakeKube, backend: str, allowed: set[tuple[str, str, str]]) -
 
 
 def client_backends() -> list[str]:
-    return sorted(_client.BACKEND_KIND)
+    return sorted(BACKENDS)
 
 
 @pytest.mark.parametrize("backend", client_backends())
@@ -389,7 +390,7 @@ def test_launcher_role_is_exactly_what_the_client_uses(backend: str) -> None:
     with FakeKube(namespaces=(NS,)) as kube:
         auth = exercise(kube, backend, allowed)
     assert auth.used == allowed, f"granted but never used: {sorted(allowed - auth.used)}"
-    kind = _client.KINDS[_client.BACKEND_KIND[backend]]
+    kind = _client.KINDS[BACKENDS[backend].kind]
     # the only denials: the other backends' kinds, which list/find skip on 403
     others = {_client.KINDS[k].resource for k in _client.JOB_KINDS if k != kind.kind}
     assert {f"{r}.{g}" if g else r for g, r, _ in auth.denied} <= others
@@ -422,8 +423,8 @@ def test_every_verb_of_the_client_is_exercised() -> None:
     # the chart's table of backend kinds agrees with the client's
     helper = (CHART / "templates" / "_helpers.tpl").read_text()
     for backend in client_backends():
-        kind = _client.KINDS[_client.BACKEND_KIND[backend]]
-        assert f"{backend}: [{kind.group}, {kind.plural}]" in helper
+        b = BACKENDS[backend]
+        assert f"{backend}: [{b.group}, {b.plural}]" in helper
 
 
 def test_role_for_several_backends_is_the_union() -> None:
