@@ -2,6 +2,10 @@
 against the same run without intermediate checkpoints, all in one invocation.
 
     .venv/bin/python benchmarks/bench_checkpoint.py [--steps 40] [--every 10] [--hidden 256]
+    .venv/bin/python benchmarks/bench_checkpoint.py --manifest-gb 2   # checksum cost only, no training
+
+``--manifest-gb``: the manifest's checksums (checkpoint.describe_files / damage) on shards of that total size,
+against writing those shards and against the size-only manifest of before, in the same run.
 
 Each variant runs ``python -m framework`` (full fine-tune, so checkpoints carry weights + Adam states) in a fresh
 process; the figure is the train() wall time the run reports (start-up excluded), minus the baseline's.
@@ -43,7 +47,10 @@ def main() -> None:
     ap.add_argument("--every", type=int, default=10)
     ap.add_argument("--hidden", type=int, default=256)
     ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--manifest-gb", type=float, default=0.0)
     a = ap.parse_args()
+    if a.manifest_gb:
+        return manifest_cost(a.manifest_gb)
 
     import boto3
     from moto.server import ThreadedMotoServer
@@ -89,6 +96,52 @@ def main() -> None:
     print(
         "(the s3 row also includes uploading the final checkpoint and model, which the baseline writes locally)"
     )
+
+
+def manifest_cost(gb: float, shards: int = 4) -> None:
+    import time
+
+    sys.path.insert(0, str(ROOT))
+    from framework import checkpoint
+
+    size = int(gb * (1 << 30) / shards)
+    block = os.urandom(64 << 20)
+    with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_DIR")) as tmp:
+        tag = Path(tmp) / "step_1"
+        tag.mkdir()
+        t0 = time.perf_counter()
+        for i in range(shards):
+            with (tag / f"shard_{i}.pt").open("wb") as f:
+                for off in range(0, size, len(block)):
+                    f.write(block[: min(len(block), size - off)])
+                f.flush()
+                os.fsync(f.fileno())
+        write_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        {str(p.relative_to(tag)): p.stat().st_size for p in sorted(tag.rglob("*")) if p.is_file()}
+        sizes_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        doc = {"step": 1, "files": checkpoint.describe_files(tag)}
+        describe_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        for f in sorted(tag.glob("shard_*")):
+            __import__("hashlib").file_digest(f.open("rb"), "sha256")
+        sha_s = time.perf_counter() - t0
+        (tag / checkpoint.MANIFEST).write_text(__import__("json").dumps(doc))
+        t0 = time.perf_counter()
+        assert checkpoint.damage(Path(tmp), "step_1") == []
+        verify_s = time.perf_counter() - t0
+    print(f"{gb:.1f} GB in {shards} shards (page cache warm, as right after a save)")
+    print(f"{'step':<44}{'s':>8}{'GB/s':>8}")
+    for name, s in (
+        ("write + fsync the shards (baseline)", write_s),
+        ("manifest, sizes only (before)", sizes_s),
+        ("manifest with xxh3_128 checksums (save)", describe_s),
+        ("verify sizes + checksums (resume)", verify_s),
+        ("the same files through sha256 (for scale)", sha_s),
+    ):
+        print(f"{name:<44}{s:>8.2f}{gb / max(s, 1e-9):>8.2f}")
+    print(f"checksums add {100 * describe_s / write_s:.0f}% to writing the shards")
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import shutil
 import signal
 import time
@@ -236,9 +237,21 @@ class RunDir:
         """Drop lines a preempted run wrote past its last checkpoint, so a resume does not repeat steps."""
         if not self.metrics.is_file():
             return
-        keep = [
-            ln for ln in self.metrics.read_text().splitlines() if ln and json.loads(ln)["step"] <= after_step
-        ]
+        keep, bad = [], []
+        lines = self.metrics.read_bytes().decode("utf-8", errors="replace").splitlines()
+        for i, ln in enumerate(lines, 1):
+            try:
+                rec = json.loads(ln) if ln.strip() else None
+            except ValueError:
+                rec = None
+            if isinstance(rec, dict) and isinstance(rec.get("step"), int):
+                if rec["step"] <= after_step:
+                    keep.append(ln)
+            elif ln.strip():
+                bad.append(i)
+        # A torn last line is what a kill mid-write leaves: dropped quietly; damage elsewhere is named.
+        if bad and bad != [len(lines)]:
+            log.warning("%s: dropped unreadable line(s) %s", self.metrics, bad[:10])
         self.metrics.write_text("".join(f"{ln}\n" for ln in keep))
 
 
@@ -342,8 +355,9 @@ def compat_state(cfg: DictConfig) -> dict[str, Any]:
 
 
 def resolve_resume(cfg: DictConfig, run: RunDir) -> tuple[Path, str] | None:
-    """Which checkpoint to resume from: auto (latest if any) | none | <step> | <checkpoint dir, or a checkpoints
-    dir with ``latest``: local or a URI>. Remote checkpoints are downloaded first (by each node)."""
+    """Which checkpoint to resume from: auto (latest if intact, else the newest intact one) | none | <step> |
+    <checkpoint dir, or a checkpoints dir with ``latest``: local or a URI>. Remote checkpoints are downloaded
+    first (by each node); every choice is verified against its manifest before anything is loaded."""
     from framework import storage
 
     mode = str(cfg.resume)
@@ -353,7 +367,9 @@ def resolve_resume(cfg: DictConfig, run: RunDir) -> tuple[Path, str] | None:
         if run.remote:
             tag = checkpoint.fetch_remote(run.remote_checkpoints, run.checkpoints)
         else:
-            tag = checkpoint.read_latest(run.checkpoints)
+            tag = checkpoint.newest_intact(run.checkpoints, move_damaged=True)
+        if tag is not None:
+            same_run_or_refuse(cfg, run.checkpoints, tag)
         return (run.checkpoints, tag) if tag else None
     if mode.isdigit():
         tag = checkpoint.tag_for(int(mode))
@@ -361,6 +377,8 @@ def resolve_resume(cfg: DictConfig, run: RunDir) -> tuple[Path, str] | None:
             checkpoint.fetch_remote(run.remote_checkpoints, run.checkpoints, tag)
         elif not (run.checkpoints / tag).is_dir():
             raise ConfigError(f"resume={mode}: {run.checkpoints / tag} does not exist")
+        else:
+            checkpoint.require_intact(run.checkpoints, tag, f"resume={mode}")
         return run.checkpoints, tag
     if storage.is_remote(mode):
         uri = mode.rstrip("/")
@@ -377,15 +395,32 @@ def resolve_resume(cfg: DictConfig, run: RunDir) -> tuple[Path, str] | None:
         return local, tag
     path = Path(mode).expanduser()
     if path.is_dir() and checkpoint.TAG_RE.match(path.name):
+        checkpoint.require_intact(path.parent, path.name, f"resume={mode}")
         return path.parent, path.name
-    if path.is_dir() and (path / checkpoint.LATEST).is_file():
-        tag = checkpoint.read_latest(path)
-        assert tag is not None
-        return path, tag
+    if path.is_dir() and os.path.lexists(path / checkpoint.LATEST):
+        tag = checkpoint.newest_intact(path)  # another run's: damaged ones are skipped, not moved
+        if tag is not None:
+            return path, tag
     raise ConfigError(
         f"resume={mode!r} is neither auto, none, a step number, nor a checkpoint directory; "
         "pass e.g. resume=auto, resume=40 or resume=s3://bucket/runs/x/checkpoints/step_40"
     )
+
+
+def same_run_or_refuse(cfg: DictConfig, root: Path, tag: str) -> None:
+    """resume=auto continues the same run: a checkpoint written with another dataset, model, tokenizer or
+    recipe is refused (exit 2) naming the keys that differ (checkpoint.MAY_CHANGE lists what may change)."""
+    saved = checkpoint.recorded(root, tag).get("config")
+    if not isinstance(saved, dict):
+        return  # written before checkpoints recorded their config
+    changes = checkpoint.config_changes(saved, resolved(cfg))
+    if changes:
+        raise ConfigError(
+            f"resume=auto: the checkpoint {root / tag} was written by a different run; changed: "
+            f"{'; '.join(changes[:8])}{f' (and {len(changes) - 8} more)' if len(changes) > 8 else ''}. "
+            "Start a new run in another run directory (e.g. hydra.run.dir=<new dir> or a new "
+            "storage.output_uri), or start over here with resume=none"
+        )
 
 
 def train(
@@ -415,9 +450,10 @@ def train(
     dist.barrier()
     run.path.mkdir(parents=True, exist_ok=True)
     if rank0:
-        run.write_config(cfg)
         log.info("Run directory: %s", run.uri if run.remote else run.path.resolve())
         log.info("World: %d process(es) %s", dist.world_size(), dist.describe())
+    # Chosen (and verified) before anything heavy starts, so a damaged or foreign checkpoint fails in seconds.
+    resume_from = resolve_resume(cfg, run)
     seed_everything(cfg.train.seed)
     torch.set_num_threads(cpu_threads(cfg, torch.get_num_threads()))
 
@@ -461,7 +497,6 @@ def train(
     )
 
     step, consumed = 0, 0
-    resume_from = resolve_resume(cfg, run)
     if resume_from is not None:
         root, tag = resume_from
         state = checkpoint.load(engine, root, tag, expect=compat_state(cfg))
@@ -477,6 +512,9 @@ def train(
             log.info("Resumed from %s at step %d", source, step)
             run.fetch_metrics()
             run.truncate_metrics(step)
+    if rank0:
+        # Only now: a start that fails earlier leaves an earlier attempt's config.yaml as it was.
+        run.write_config(cfg)
 
     tracker = make_trackers(cfg.tracking, run.uri, cfg.run_name, resolved(cfg), rank0, start_step=step)
     prom = maybe_start_metrics_server(cfg.tracking.prometheus, cfg.run_name)
@@ -503,6 +541,7 @@ def train(
         }
 
     compat = compat_state(cfg)
+    plain_cfg = resolved(cfg)
     remote = checkpoint.RemoteSync(run.checkpoints, run.remote_checkpoints) if run.remote else None
 
     def save_checkpoint(blocking: bool = False) -> None:
@@ -510,7 +549,15 @@ def train(
         if remote is not None and remote.tag is not None:
             remote.sync(cfg.train.keep_last)  # the previous upload must land before a new one starts
             publish_metrics()
-        checkpoint.save(engine, run.checkpoints, step, client_state(), meta=compat, commit=remote is None)
+        checkpoint.save(
+            engine,
+            run.checkpoints,
+            step,
+            client_state(),
+            meta=compat,
+            config=plain_cfg,
+            commit=remote is None,
+        )
         checkpoint.prune(run.checkpoints, cfg.train.keep_last)
         if rank0:
             log.info("Checkpoint step_%d saved in %.2fs", step, time.time() - t0)
