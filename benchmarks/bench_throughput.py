@@ -101,6 +101,11 @@ SHAPES: dict[str, dict[str, Any]] = {
     },
 }
 RECIPES = {"lora": "lora_llama", "full": "full_finetune"}
+# The published baselines' adapters (every linear layer, dropout 0.05), not the recipe's pretrained defaults.
+ALL_LINEAR = [
+    "lora.target_modules=[q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj]",
+    "lora.dropout=0.05",
+]
 ARMS = ("hf+peft", "hf+peft+liger", "deepspeed", "ours-ref", "ours", "ours+fast")
 BASELINES = ("hf+peft", "hf+peft+liger", "deepspeed")
 PEAK_TFLOPS = {"H200": 989.4, "H100": 989.4, "A100": 312.0, "L40S": 362.1, "A10G": 70.0}
@@ -130,6 +135,7 @@ def compose(shape: str, recipe: str, device: str, extra: list[str] | None = None
         *sh["overrides"],
         # issue 5's published baselines: LoRA r=16 on every linear layer (tiny: the recipe's r=8)
         *(["lora.r=16", "lora.alpha=32"] if recipe == "lora" and shape != "tiny" else []),
+        *(ALL_LINEAR if recipe == "lora" else []),
         *(extra or []),
     ]
     register()

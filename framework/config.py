@@ -66,6 +66,7 @@ class LoraConfig:
     r: int = 8  # adapter rank
     alpha: int = 16  # scaling numerator (scale = alpha / r)
     dropout: float = 0.05  # dropout on the adapter input
+    use_dora: bool = False  # DoRA (peft): adapters on the direction, a trained magnitude per output feature
     target_modules: list[str] = field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     )
@@ -76,7 +77,11 @@ class LoraConfig:
 @dataclass
 class ModelConfig:
     name: str = MISSING  # label for logs and manifests
-    pretrained: str | None = None  # local dir or URI of HF weights; null: random init from the fields below
+    # HF checkpoint: a local dir, a URI (s3://...) or a Hub id (org/name, via the HF cache); null: random init
+    # from the fields below. When set, the architecture fields below are read from its config.json.
+    pretrained: str | None = None
+    revision: str | None = None  # Hub id only: branch, tag or commit; recorded as the commit actually read
+    architecture: str | None = None  # the checkpoint's class (config.json `architectures`); recorded, not set
     tokenizer: str | None = None  # tokenizer dir or URI; null: `pretrained`, else the dataset's tokenizer
     vocab_size: int = 32000
     hidden_size: int = 2048
@@ -93,6 +98,7 @@ class ModelConfig:
     train_embeddings: bool = False  # LoRA runs also train embeddings + LM head (for random-init bases)
     # chunked LM head + cross-entropy, never materializing the full logits; null: hardware.fast_paths
     fused_linear_ce: bool | None = None
+    load_in_4bit: bool = False  # QLoRA: the frozen base in 4-bit NF4 via bitsandbytes (CUDA, LoRA recipe)
     # RMSNorm/SwiGLU: hf (transformers' modules) | lean (our autograd functions: fewer saved activations, fused
     # into single kernels by train.compile) | liger (Liger's Triton RMSNorm, SwiGLU, RoPE; CUDA, liger-kernel)
     # | auto (hardware.fast_paths: liger when installed on cuda, else lean; otherwise hf)

@@ -1,18 +1,52 @@
-"""Model and tokenizer: an HF causal LM from a local path or URI, or random init from the config; LoRA via peft."""
+"""Model and tokenizer: an HF causal LM from a local dir, a URI or the HF cache (:mod:`framework.pretrained`),
+or random init from the config; LoRA, DoRA and QLoRA (4-bit base via bitsandbytes) through peft."""
 
 from __future__ import annotations
 
+import importlib.util
 import logging
+import pickle
 from typing import Any
 
 from omegaconf import DictConfig
 
-from framework import fastpath
+from framework import fastpath, pretrained
 from framework.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+def option_problems(cfg: DictConfig) -> list[str]:
+    """What the model options need (no torch), after :func:`framework.pretrained.apply` read the checkpoint."""
+    problems: list[str] = []
+    m, hw = cfg.model, cfg.hardware
+    lora = cfg.recipe.finetune == "lora"
+    if lora and m.train_embeddings and m.tie_word_embeddings and not m.pretrained:
+        # peft copies modules_to_save; a tied LM head would stay frozen on the original weights.
+        problems.append(
+            "model.train_embeddings=true needs model.tie_word_embeddings=false (peft trains copies of the "
+            "embeddings and the LM head; a tied head would stay frozen)"
+        )
+    if m.get("load_in_4bit"):
+        qlora = "model.load_in_4bit=true (QLoRA)"
+        if not lora:
+            problems.append(f"{qlora} trains adapters on a frozen 4-bit base; use recipe=lora_llama")
+        if not m.pretrained:
+            problems.append(f"{qlora} quantizes pretrained weights; set model.pretrained")
+        if hw.accelerator != "cuda":
+            problems.append(
+                f"{qlora} needs a CUDA GPU (bitsandbytes' 4-bit kernels); on hardware.accelerator="
+                f"{hw.accelerator} use model.load_in_4bit=false (plain LoRA), or a GPU profile (hardware=h200x1)"
+            )
+        elif cfg.launcher.name == "local" and importlib.util.find_spec("bitsandbytes") is None:
+            problems.append(f"{qlora} needs bitsandbytes: pip install 'framework[qlora]'")
+        if hw.zero_stage == 3:
+            problems.append(f"{qlora} cannot be sharded by ZeRO-3 here; use hardware.zero_stage=0, 1 or 2")
+        if hw.precision == "fp32" and hw.accelerator == "cuda":
+            problems.append(f"{qlora} computes in bf16; set hardware.precision=bf16")
+    return problems
 
 
 def tokenizer_uri(cfg: DictConfig) -> str:
@@ -30,7 +64,10 @@ def load_tokenizer(cfg: DictConfig) -> Any:
     from framework.dataset import local_path
 
     uri = tokenizer_uri(cfg)
-    path = local_path(uri)
+    if uri == cfg.model.pretrained:
+        path = pretrained.local_dir(uri, cfg.model.get("revision"))
+    else:
+        path = local_path(uri)
     try:
         tok = AutoTokenizer.from_pretrained(str(path))
     except (OSError, ValueError) as e:
@@ -45,20 +82,12 @@ def load_tokenizer(cfg: DictConfig) -> Any:
 def build_model(cfg: DictConfig, vocab_len: int) -> Any:
     """Load pretrained weights, or build a random-init Llama (seeded) from the model config."""
     import torch
-    from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
-
-    from framework.dataset import local_path
+    from transformers import LlamaConfig, LlamaForCausalLM
 
     m = cfg.model
     dtype = getattr(torch, DTYPES[cfg.hardware.precision])
     if m.pretrained:
-        path = local_path(m.pretrained)
-        try:
-            model = AutoModelForCausalLM.from_pretrained(
-                str(path), dtype=dtype, attn_implementation=m.attn_implementation
-            )
-        except (OSError, ValueError) as e:
-            raise ConfigError(f"model.pretrained={m.pretrained} cannot be loaded: {e}") from e
+        model = load_pretrained(cfg, dtype)
     else:
         if vocab_len > m.vocab_size:
             raise ConfigError(
@@ -100,6 +129,43 @@ def build_model(cfg: DictConfig, vocab_len: int) -> Any:
     return model
 
 
+def load_pretrained(cfg: DictConfig, dtype: Any) -> Any:
+    """The checkpoint's weights (4-bit NF4 with ``model.load_in_4bit``). Weights that cannot be read, or whose
+    shapes do not match config.json, are a ConfigError naming the file (exit 2): a retry cannot help."""
+    from safetensors import SafetensorError
+    from transformers import AutoModelForCausalLM
+
+    m = cfg.model
+    path = pretrained.local_dir(str(m.pretrained), m.get("revision"))
+    arch = {k: m[k] for k in pretrained.ARCH_FIELDS}
+    hf_config = path / "config.json"
+    head_dim = None
+    if hf_config.is_file():
+        import json
+
+        head_dim = json.loads(hf_config.read_text(encoding="utf-8")).get("head_dim")
+    problems = pretrained.weight_problems(path, arch, head_dim=head_dim)
+    if problems:
+        raise ConfigError(problems)
+    kwargs: dict[str, Any] = {"dtype": dtype, "attn_implementation": m.attn_implementation}
+    if m.get("load_in_4bit"):
+        from transformers import BitsAndBytesConfig
+
+        from framework import distributed as dist
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",  # QLoRA's NormalFloat4 (Dettmers et al., 2023)
+            bnb_4bit_use_double_quant=True,  # quantized quantization constants: ~0.4 bits/param less
+            bnb_4bit_compute_dtype=dtype,
+        )
+        kwargs["device_map"] = {"": dist.local_rank()}  # bitsandbytes quantizes while placing on the GPU
+    try:
+        return AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
+    except (OSError, ValueError, SafetensorError, pickle.UnpicklingError, EOFError) as e:
+        raise ConfigError(f"model.pretrained={m.pretrained} cannot be loaded from {path}: {e}") from e
+
+
 def apply_lora(model: Any, cfg: DictConfig) -> Any:
     from peft import LoraConfig, get_peft_model
 
@@ -119,6 +185,7 @@ def apply_lora(model: Any, cfg: DictConfig) -> Any:
         r=lc.r,
         lora_alpha=lc.alpha,
         lora_dropout=lc.dropout,
+        use_dora=bool(lc.get("use_dora", False)),
         target_modules=list(lc.target_modules),
         # A random-init base has no vocabulary to adapt; its embeddings must learn one alongside the adapters.
         modules_to_save=["embed_tokens", "lm_head"] if cfg.model.train_embeddings else None,

@@ -21,9 +21,10 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from framework import fastpath
+from framework import fastpath, pretrained
 from framework.config import Config, package_path
 from framework.errors import ConfigError
+from framework.model import option_problems
 from framework.tracking_config import tracking_problems as _tracking_section_problems
 from recipes import RECIPES
 
@@ -71,7 +72,8 @@ NON_NEGATIVE = (
     "train.grad_clip",
     "train.eval_max_batches",
 )
-PATH_KEYS = ("dataset.path", "dataset.val_path", "dataset.tokenizer", "model.pretrained", "model.tokenizer")
+# model.pretrained is read (or reported missing) by framework.pretrained.apply: it may also be a Hub model id.
+PATH_KEYS = ("dataset.path", "dataset.val_path", "dataset.tokenizer", "model.tokenizer")
 
 
 def with_schema(cfg: DictConfig) -> DictConfig:
@@ -172,7 +174,9 @@ def lora_problems(cfg: DictConfig) -> list[str]:
 
 
 def model_problems(cfg: DictConfig) -> list[str]:
-    problems = _generic(cfg, "model")
+    """``model`` (its pretrained checkpoint already read into it by :func:`validate`): options and what they
+    need (framework.model.option_problems: train_embeddings vs tied weights, QLoRA)."""
+    problems = _generic(cfg, "model") + option_problems(cfg)
     hw = cfg.hardware
     if hw.accelerator == "cpu" and cfg.model.attn_implementation == "flash_attention_2":
         problems.append("model.attn_implementation=flash_attention_2 needs a GPU; on CPU use sdpa")
@@ -323,6 +327,9 @@ def validate(
     problems = [
         f"{key} is required but not set; pass {key}=<value> on the command line" for key in sorted(missing)
     ]
+    # First: a pretrained checkpoint's config.json replaces the group's architecture in cfg.model (and the demo's
+    # settings of the default group), so every group's checks and the memory estimate see what will be loaded.
+    problems += pretrained.apply(cfg, here=check_local_paths)
     for group in GROUPS:
         problems += group(cfg)
     problems += host_problems(cfg, gpu_count=gpu_count, check_local_paths=check_local_paths, missing=missing)

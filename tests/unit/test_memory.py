@@ -158,6 +158,8 @@ def test_published_gpu_figures_for_reference() -> None:
         "hardware.fast_paths=false",  # "plain": the reference paths the published baselines ran
         "dataset.max_seq_len=2048",
         "lora.r=16",
+        "lora.dropout=0.05",
+        "lora.target_modules=[q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj]",
         "model.gradient_checkpointing=false",
     ]
     one_b = ["model=llama3_2_1b", "train.micro_batch_size=8", *common]
