@@ -3,8 +3,9 @@
 The estimate is for the framework's own training step (the DeepSpeed engine with `deepspeed_config(cfg)`, the
 HF Llama forward, LoRA via peft or a full fine-tune) and adds up, per process:
 
-- **weights**: every parameter in the model dtype (peft's `modules_to_save` copies included); ZeRO-3 shards
-  them over the world, plus the layers gathered at a time;
+- **weights**: every parameter in the model dtype (peft's `modules_to_save` copies included; DoRA's magnitude
+  vectors; QLoRA's decoder linears in NF4, ~0.52 bytes each); ZeRO-3 shards them over the world, plus the layers
+  gathered at a time;
 - **gradients**: trainable parameters in the model dtype (ZeRO-2/3: the process's shard plus one reduce bucket);
 - **optimizer**: Adam's two fp32 moments (AdamW; plain SGD keeps none), plus the fp32 master weights and fp32
   gradient copies DeepSpeed keeps when the model dtype is not fp32 (always, under ZeRO-1/2/3); ZeRO-1/2/3
@@ -37,6 +38,8 @@ DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 RUNTIME_GB_CUDA = 2.0  # CUDA context (~0.5 GB), cuBLAS/NCCL workspaces, caching-allocator fragmentation
 HEADROOM = 0.95  # a launch fits when the estimate is at most this share of the GPU's memory
 QKV, GATE_UP = ("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj")
+# bitsandbytes NF4 with double quantization: 4 bits, an 8-bit absmax per 64 weights, an fp32 per 256 absmax.
+NF4_BYTES = (4 + 8 / 64 + 32 / (64 * 256)) / 8
 
 
 def _get(node: Any, key: str, default: Any = None) -> Any:
@@ -131,6 +134,10 @@ def param_counts(cfg: Any) -> ParamCounts:
     lora = s.layers * sum(r * (a + b) for name, (a, b) in lin.items() if name in targets)
     if "lm_head" in targets:
         lora += r * (s.hidden + s.vocab)
+    if _get(cfg, "lora.use_dora", False):
+        # DoRA's magnitude vector: one trained value per output feature of each adapted module
+        lora += s.layers * sum(b for name, (_, b) in lin.items() if name in targets)
+        lora += s.vocab if "lm_head" in targets else 0
     extra = 0
     if _get(cfg, "model.train_embeddings", False):
         extra = 2 * s.vocab * s.hidden  # peft's modules_to_save: trained copies of embed_tokens and lm_head
@@ -214,6 +221,11 @@ def layer_activation_bytes(cfg: Any, *, first: bool = False) -> float:
     mask = 1 if cuda else b  # dropout mask: bool on CUDA, the input dtype on CPU
     shared = fastpath.resolve(cfg).fused_lora_inputs  # a fused group drops out one copy for all its members
     groups = ((QKV, h, True), (("o_proj",), q, False), (GATE_UP, h, True), (("down_proj",), i, True))
+    if _get(cfg, "lora.use_dora", False):
+        # DoRA keeps the base output and the adapter output for the magnitude's gradient, and about one more
+        # input-sized tensor per module (measured on CPU: within 15% above, tests/unit/test_lora_variants.py).
+        lin = s.linears()
+        act += b * sum(2 * lin[t][1] + lin[t][0] for t in targets if t in lin)
     for names, width, input_is_new in groups:
         n = sum(1 for t in names if t in targets)
         if not n:
@@ -287,6 +299,11 @@ def estimate(cfg: Any) -> Estimate:
 
     # ZeRO-3: this process's shard, plus the layer in use and the one being prefetched.
     weights = b * pc.total / world + 2 * b * s.layer_params() if stage == 3 else float(b * pc.total)
+    if _get(cfg, "model.load_in_4bit", False):
+        # QLoRA: the decoder's linear weights in NF4 with double-quantized constants; embeddings, LM head and
+        # norms stay in the model dtype (transformers keeps the output embeddings unquantized).
+        linear = s.layers * sum(a * o for a, o in s.linears().values())
+        weights -= (b - NF4_BYTES) * linear
     # ZeRO-2/3: this process's shard of the gradients, plus one reduce bucket.
     grads = b * n_train / world + b * min(bucket, n_train) if stage >= 2 else float(b * n_train)
 
