@@ -49,7 +49,10 @@ def resolve(cfg: Any) -> FastPaths:
     return FastPaths(
         fused_linear_ce=fast if fused_ce is None else bool(fused_ce),
         kernels=str(kernels),
-        fused_lora_inputs=fast if fused_inputs is None else bool(fused_inputs),
+        # DoRA and 4-bit (QLoRA) modules keep peft's own forward (lora_fused._fusable), whatever is asked
+        fused_lora_inputs=(fast if fused_inputs is None else bool(fused_inputs))
+        and not _get(cfg, "lora.use_dora")
+        and not _get(cfg, "model.load_in_4bit"),
     )
 
 

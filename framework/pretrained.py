@@ -99,6 +99,26 @@ def hub_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in ("1", "ON", "YES", "TRUE")
 
 
+def hub_endpoint() -> str:
+    return os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+
+
+def hub_reachable(timeout_s: float = 3.0) -> bool:
+    """A TCP connection to the hub opens within ``timeout_s`` (huggingface_hub itself retries for ~25 s)."""
+    import socket
+    from urllib.parse import urlsplit
+
+    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True  # only the proxy knows; huggingface_hub goes through it
+    url = urlsplit(hub_endpoint())
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((url.hostname or "", port), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
 def _local(uri: str) -> str | None:
     """The local path of ``uri``, or None for a remote URI."""
     uri = package_path(uri)
@@ -126,6 +146,12 @@ def _hub_config(repo_id: str, revision: str | None) -> Checkpoint:
     cache = hub_cache_dir()
     cached = try_to_load_from_cache(repo_id, "config.json", cache_dir=cache, revision=revision)
     path = cached if isinstance(cached, str) else None
+    if path is None and not hub_offline() and not hub_reachable():
+        raise Unavailable(
+            f"{repo_id} is not in the Hugging Face cache {cache} and the hub ({hub_endpoint()}) cannot be "
+            f"reached from here: download it where the hub is reachable (`hf download {repo_id}`) and point "
+            "HF_HOME at that cache, or set model.pretrained to a local directory"
+        )
     if path is None and not hub_offline():
         try:
             path = hf_hub_download(repo_id, "config.json", revision=revision, cache_dir=cache)

@@ -53,6 +53,16 @@ LLAMA_3_1_8B = {
     "torch_dtype": "bfloat16",
 }
 
+# meta-llama/Llama-3.2-1B-Instruct's config.json (the architecture fields).
+LLAMA_3_2_1B = {
+    **LLAMA_3_1_8B,
+    "hidden_size": 2048,
+    "intermediate_size": 8192,
+    "num_hidden_layers": 16,
+    "tie_word_embeddings": True,
+    "rope_scaling": {"factor": 32.0, "rope_type": "llama3"},
+}
+
 
 def shapes(cfg: dict[str, Any]) -> dict[str, tuple[int, ...]]:
     """The HF Llama state dict's names and shapes for ``cfg`` (written independently of framework.pretrained)."""

@@ -16,8 +16,8 @@ from omegaconf import DictConfig, open_dict
 from framework import pretrained
 from framework.config import conf_dir, register, resolved
 from framework.errors import ConfigError
-from framework.validate import check
-from tests.pretrained_fixtures import LLAMA_3_1_8B, TINY, write_checkpoint, write_hub_cache
+from framework.validate import check, validate, with_schema
+from tests.pretrained_fixtures import LLAMA_3_1_8B, LLAMA_3_2_1B, TINY, write_checkpoint, write_hub_cache
 
 
 @pytest.fixture(autouse=True)
@@ -148,6 +148,24 @@ def test_memory_check_uses_the_checkpoint_size(tmp_path: Path) -> None:
     assert estimate(lora).params_total > 8e9
     cpu = checked(f"model.pretrained={big}", "dataset.max_seq_len=256")
     assert cpu_threads(cpu, available=8) == 8  # the 8B model's matmuls split; tiny_llama would get 1
+
+
+@pytest.mark.parametrize("experiment", sorted(p.stem for p in (conf_dir() / "experiment").glob("*.yaml")))
+def test_every_preset_validates_with_its_checkpoint(tmp_path: Path, experiment: str) -> None:
+    """Each preset is one word away from a run: with its checkpoint present (here: config.json and the weights'
+    headers, as sparse files), it validates, memory check included; QLoRA also needs bitsandbytes."""
+    import importlib.util
+
+    hub_id = str(as_run(f"experiment={experiment}").model.pretrained)
+    arch = LLAMA_3_2_1B if "1B" in hub_id else LLAMA_3_1_8B
+    ckpt = write_checkpoint(tmp_path / hub_id.split("/")[-1], arch, tokenizer=False, sparse=True)
+    cfg = with_schema(as_run(f"experiment={experiment}", f"model.pretrained={ckpt}"))
+    found = validate(cfg, gpu_count=None)
+    if cfg.model.load_in_4bit and importlib.util.find_spec("bitsandbytes") is None:
+        assert found == ["model.load_in_4bit=true (QLoRA) needs bitsandbytes: pip install 'framework[qlora]'"]
+    else:
+        assert found == []
+    assert cfg.model.hidden_size == arch["hidden_size"] and cfg.hardware.accelerator == "cuda"
 
 
 def test_untrainable_architecture_is_refused(tmp_path: Path) -> None:
