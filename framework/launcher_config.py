@@ -10,7 +10,7 @@ from typing import Any
 class LauncherConfig:
     name: str = "local"  # local | kubernetes
     # --- kubernetes (ignored by the local launcher) ---
-    backend: str = "indexed_job"  # indexed_job | jobset | pytorchjob
+    backend: str = "indexed_job"  # indexed_job | jobset | pytorchjob | trainjob
     namespace: str = "default"  # namespace the job is created in
     context: str | None = None  # kubeconfig context; null: current context, or in-cluster config
     image: str = "ghcr.io/example/framework:latest"  # training image (dockerfiles/Dockerfile)
@@ -38,6 +38,16 @@ class LauncherConfig:
     prometheus_monitor: str = "annotations"  # with tracking.prometheus.enabled: annotations | podmonitor
     setup_namespace: bool = False  # also render ServiceAccount, Role, RoleBinding, NetworkPolicy
     extra: dict[str, Any] = field(default_factory=dict)  # {pod_spec: {...}, job_spec: {...}} merged in
+    # --- Kueue, Kubeflow Trainer (hydra_plugins/kubernetes_launcher/_kueue.py, _trainjob.py) ---
+    queue: str | None = None  # Kueue LocalQueue: the job is created suspended and admitted as a whole
+    priority: str | None = None  # Kueue WorkloadPriorityClass of the job (with queue)
+    priority_class: str | None = None  # the pods' PriorityClass (scheduler preemption)
+    topology_required: str | None = None  # Kueue TAS: all pods within one domain of this node label
+    topology_preferred: str | None = None  # Kueue TAS: as few domains of this node label as possible
+    runtime: str = (
+        "framework-torch"  # trainjob: the (Cluster)TrainingRuntime (the chart's, or torch-distributed)
+    )
+    runtime_kind: str = "ClusterTrainingRuntime"  # trainjob: ClusterTrainingRuntime | TrainingRuntime
     # --- pod profile ---
     run_as_user: int = 1000  # pod UID and GID; the image's user (dockerfiles/Dockerfile)
     fs_group: int = 1000  # group that owns mounted volumes

@@ -39,7 +39,7 @@ TINY = (
 KEEP = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "TORCH_EXTENSIONS_DIR")
 
 
-@pytest.mark.parametrize("backend", ["indexed_job", "jobset", "pytorchjob"])
+@pytest.mark.parametrize("backend", ["indexed_job", "jobset", "pytorchjob", "trainjob"])
 def test_pods_train_in_one_world(backend: str, tmp_path: Path) -> None:
     cfg = compose(*TINY, f"launcher.backend={backend}")
     name = job_name(str(cfg.run_name), sweep_id="s0test", job_index=0, backend=backend, nodes=2)

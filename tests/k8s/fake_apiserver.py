@@ -5,8 +5,8 @@
     kube.fail("POST", r"/jobs$", 403)              # inject an error (times=, delay=, drop=)
     kube.on_create.append(simulate("succeed"))     # play the controller: pods, phases, logs, job conditions
 
-Covers create/get/list/delete/watch for namespaced objects in the core, batch, rbac, networking, JobSet and
-PyTorchJob APIs, pods/log (with follow), label and field selectors, resourceVersion-based watches (chunked
+Covers create/get/list/delete/watch for namespaced objects in the core, batch, rbac, networking, JobSet,
+PyTorchJob and TrainJob APIs, pods/log (with follow), label and field selectors, resourceVersion-based watches (chunked
 streaming, like the real server), and ownerReference garbage collection on delete. Not covered: patch/update,
 cluster-scoped objects, admission and validation (use the schema tests for that).
 """
@@ -41,8 +41,9 @@ RESOURCES: dict[tuple[str, str, str], str] = {
     ("networking.k8s.io", "v1", "networkpolicies"): "NetworkPolicy",
     ("jobset.x-k8s.io", "v1alpha2", "jobsets"): "JobSet",
     ("kubeflow.org", "v1", "pytorchjobs"): "PyTorchJob",
+    ("trainer.kubeflow.org", "v1alpha1", "trainjobs"): "TrainJob",
 }
-CRDS = {"jobsets", "pytorchjobs"}
+CRDS = {"jobsets", "pytorchjobs", "trainjobs"}
 _PATH = re.compile(
     r"^/(?:api/(?P<cv>v1)|apis/(?P<group>[^/]+)/(?P<version>[^/]+))/namespaces/(?P<ns>[^/]+)"
     r"(?:/(?P<plural>[^/]+)(?:/(?P<name>[^/]+)(?:/(?P<sub>[^/]+))?)?)?$"
@@ -551,6 +552,10 @@ class _Handler(BaseHTTPRequestHandler):
 # ------------------------------------------------------------------------------------------- controllers
 def _pod_templates(obj: Obj) -> list[tuple[str, int, Obj]]:
     """(replica type, count, template) of a Job, JobSet or PyTorchJob."""
+    if obj["kind"] == "TrainJob":  # Trainer v2 compiles it with its runtime into a JobSet
+        from tests.k8s.trainer import compile_trainjob
+
+        obj = compile_trainjob(obj)
     spec = obj["spec"]
     if obj["kind"] == "Job":
         return [("", int(spec["completions"]), spec["template"])]
@@ -577,7 +582,7 @@ def make_pods(kube: FakeKube, job: Obj, attempt: int = 0) -> list[str]:
                     }
                 )
             else:
-                prefix = f"{name}-node-0" if job["kind"] == "JobSet" else name
+                prefix = f"{name}-node-0" if job["kind"] in ("JobSet", "TrainJob") else name
                 pod_name = f"{prefix}-{i}-{attempt}x{uuid.uuid4().hex[:4]}"
                 annotations["batch.kubernetes.io/job-completion-index"] = str(i)
                 labels.update(
@@ -617,11 +622,12 @@ def set_pods(kube: FakeKube, ns: str, pods: list[str], status: Obj) -> None:
 
 def finish_job(kube: FakeKube, job: Obj, ok: bool, reason: str = "", message: str = "") -> None:
     kind = job["kind"]
-    plural = {"Job": "jobs", "JobSet": "jobsets", "PyTorchJob": "pytorchjobs"}[kind]
+    plural = {"Job": "jobs", "JobSet": "jobsets", "PyTorchJob": "pytorchjobs", "TrainJob": "trainjobs"}[kind]
     ctype = {
         "Job": ("Complete", "Failed"),
         "JobSet": ("Completed", "Failed"),
         "PyTorchJob": ("Succeeded", "Failed"),
+        "TrainJob": ("Complete", "Failed"),
     }[kind][0 if ok else 1]
     cond = {
         "type": ctype,
@@ -655,13 +661,15 @@ def simulate(
     """
 
     def hook(kube: FakeKube, obj: Obj) -> None:
-        if obj.get("kind") not in ("Job", "JobSet", "PyTorchJob"):
+        if obj.get("kind") not in ("Job", "JobSet", "PyTorchJob", "TrainJob"):
             return
         threading.Thread(target=run, args=(kube, obj), daemon=True).start()
 
     def run(kube: FakeKube, job: Obj) -> None:
         ns, name = job["metadata"]["namespace"], job["metadata"]["name"]
-        plural = {"Job": "jobs", "JobSet": "jobsets", "PyTorchJob": "pytorchjobs"}[job["kind"]]
+        plural = {"Job": "jobs", "JobSet": "jobsets", "PyTorchJob": "pytorchjobs", "TrainJob": "trainjobs"}[
+            job["kind"]
+        ]
 
         def alive() -> Obj | None:
             return kube.get(plural, ns, name)

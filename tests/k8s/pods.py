@@ -41,6 +41,10 @@ class Pod:
 def pods_of(objs: list[dict[str, Any]]) -> list[Pod]:
     """The pods the backend's controller would create for the job, node rank 0 first."""
     main = main_object(objs)
+    if main["kind"] == "TrainJob":  # what Trainer v2 makes of it with the chart's runtime: a JobSet
+        from tests.k8s.trainer import compile_trainjob
+
+        main = compile_trainjob(main)
     name, kind, spec = main["metadata"]["name"], main["kind"], main["spec"]
     pods: list[Pod] = []
     if kind in ("Job", "JobSet"):

@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from hydra_plugins.kubernetes_launcher import _trainjob
 from hydra_plugins.kubernetes_launcher._names import COMPLETION_INDEX
 
 Manifest = dict[str, Any]
@@ -54,6 +55,7 @@ class Backend:
     node_rank_arg: str = "$(NODE_RANK)"  # torchrun's --node-rank, after Kubernetes' $(VAR) expansion
     node_rank_env: bool = True  # NODE_RANK from the pod's completion-index annotation
     headless_service: bool = False  # the launcher renders Service <job> and the pods set subdomain=<job>
+    suspend_path: tuple[str, ...] = ("suspend",)  # where the spec says suspend (Kueue creates jobs suspended)
 
     @property
     def api_version(self) -> str:
@@ -260,6 +262,23 @@ BACKENDS: dict[str, Backend] = {
             port_name="pytorchjob-port",
             node_rank_arg="$(RANK)",
             node_rank_env=False,
+            suspend_path=("runPolicy", "suspend"),
+        ),
+        Backend(
+            # Kubeflow Trainer v2: compiled with its (Cluster)TrainingRuntime into a JobSet named after the
+            # TrainJob, replicated job and container "node" (see _trainjob.py).
+            name="trainjob",
+            kind=_trainjob.KIND,
+            group=_trainjob.GROUP,
+            version=_trainjob.VERSION,
+            plural=_trainjob.PLURAL,
+            host_suffix=lambda nodes: f"-{_trainjob.REPLICATED_JOB}-0-{nodes - 1}",
+            master_addr=lambda name: f"{name}-{_trainjob.REPLICATED_JOB}-0-0.{name}",
+            job_spec=_trainjob.job_spec,
+            pod_templates=_trainjob.pod_templates,
+            phase=_trainjob.phase,
+            node_rank=_completion_index,
+            container=_trainjob.CONTAINER,
         ),
     )
 }

@@ -156,6 +156,9 @@ class JobInfo:
 
     def describe(self) -> str:
         """One line: the phase and, while not running, why."""
+        queue = self.labels.get("kueue.x-k8s.io/queue-name")
+        if self.phase == "Suspended" and queue:  # Kueue unsuspends it once the whole gang is admitted
+            return f"Suspended: waiting for admission in queue {queue} (Kueue)"
         if self.done or not self.pods:
             text = f"{self.phase}: {self.message}" if self.message else self.phase
             if self.phase == "Failed" and self.exit_code is not None:

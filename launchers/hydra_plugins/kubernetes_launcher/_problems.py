@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from hydra_plugins.kubernetes_launcher import _kueue, _trainjob
 from hydra_plugins.kubernetes_launcher._backends import BACKENDS
 from hydra_plugins.kubernetes_launcher._names import (
     CANCEL_ON_INTERRUPT,
@@ -67,6 +68,7 @@ def plain_problems(plain: Mapping[str, Any]) -> list[str]:
     problems += _extra(launcher)
     problems += _labels(launcher)
     problems += _prometheus(plain.get("tracking") or {})
+    problems += _kueue.problems(launcher) + _trainjob.problems(launcher)
     return problems
 
 

@@ -20,6 +20,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import yaml
+from hydra_plugins.kubernetes_launcher import _kueue
 from hydra_plugins.kubernetes_launcher._backends import BACKENDS as BACKEND_TABLE
 from hydra_plugins.kubernetes_launcher._backends import BY_KIND, JobParts
 from hydra_plugins.kubernetes_launcher._names import (  # noqa: F401 - re-exported: tests and api read them here
@@ -417,14 +418,14 @@ def render(
         objs.append(headless_service(name, ns, labels, int(launcher.master_port), entry.port_name))
     spec = entry.job_spec(JobParts(cfg, name, template, labels))
     spec.update(_extra(launcher, "job_spec"))
-    objs.append(
-        {
-            "apiVersion": entry.api_version,
-            "kind": entry.kind,
-            "metadata": _metadata(name, ns, labels, annotations),
-            "spec": spec,
-        }
-    )
+    job = {
+        "apiVersion": entry.api_version,
+        "kind": entry.kind,
+        "metadata": _metadata(name, ns, labels, annotations),
+        "spec": spec,
+    }
+    _kueue.apply(job, entry, launcher)  # queue label + suspended, priority, topology (no-op without them)
+    objs.append(job)
     if launcher.setup_namespace:
         objs.append(network_policy(cfg, name, labels))
     if prometheus_port(cfg) is not None and getattr(launcher, "prometheus_monitor", "") == "podmonitor":
