@@ -104,7 +104,7 @@ def spawn_torchrun(cfg: DictConfig, run_dir: str) -> dict[str, Any]:
 
 
 def task(cfg: DictConfig) -> dict[str, Any]:
-    """The Hydra task: validate, then run the recipe here, or fan out under torchrun."""
+    """The Hydra task: validate, then run the recipe here, or fan out under torchrun or Ray Train."""
     from framework.train import run_dir_for
 
     if dist.under_torchrun() and int(os.environ.get("RANK", "0")) != 0:
@@ -117,6 +117,11 @@ def task(cfg: DictConfig) -> dict[str, Any]:
         run_dir = run_dir_for(cfg)
         if cfg.launcher.name == "local" and cfg.hardware.nproc_per_node > 1 and not dist.under_torchrun():
             return spawn_torchrun(cfg, run_dir)
+        if cfg.launcher.name == "ray" and not dist.under_torchrun():
+            # The Ray job's driver (launcher=ray submitted it): Ray Train's workers run the recipe.
+            from hydra_plugins.ray_launcher._train import run_on_ray
+
+            return run_on_ray(cfg, run_dir)
         result: dict[str, Any] = recipe_entry(cfg.recipe.name)(cfg)
         return result
     except FrameworkError as e:

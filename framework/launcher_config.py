@@ -1,4 +1,4 @@
-"""Schema of the ``launcher`` group: where a run executes (local process(es) or a Kubernetes job)."""
+"""Schema of the ``launcher`` group: where a run executes (local process(es), a Kubernetes job, a Ray job)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 
 @dataclass
 class LauncherConfig:
-    name: str = "local"  # local | kubernetes
+    name: str = "local"  # local | kubernetes | ray
     # --- kubernetes (ignored by the local launcher) ---
     backend: str = "indexed_job"  # indexed_job | jobset | pytorchjob | trainjob
     namespace: str = "default"  # namespace the job is created in
@@ -59,3 +59,9 @@ class LauncherConfig:
     poll_interval_s: float = 5.0  # seconds between status checks while following a job
     api_retries: int = 5  # attempts for a transient API error (429, 5xx, connection, timeout)
     api_timeout_s: float = 30.0  # per-request timeout, seconds
+    # --- ray (launcher=ray; also the job inside a launcher.backend=rayjob cluster) ---
+    address: str = "auto"  # Jobs API http://host:8265 | Ray Client ray://host:10001 | auto (this cluster)
+    max_failures: int = 3  # worker-group restarts from checkpoints/latest; SIGTERM/preemptions are free
+    run_dir_shared: bool = False  # a local run dir is a path every Ray node mounts (NFS, RWX PVC)
+    ray_python: str = "python"  # interpreter on the Ray cluster that has the framework installed
+    ray_memory_fraction: float = 0.6  # share of hardware.memory requested from Ray (it keeps ~30%)

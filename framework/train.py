@@ -290,6 +290,10 @@ class StopFlag:
     previous: dict[int, Any] = field(default_factory=dict)
 
     def install(self) -> None:
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            return  # a Ray Train worker runs the loop in a thread: Ray handles that process's signals
         for sig in (signal.SIGTERM, signal.SIGINT):
             self.previous[sig] = signal.signal(sig, self._handle)
 

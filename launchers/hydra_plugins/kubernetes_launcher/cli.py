@@ -4,6 +4,7 @@
     framework-jobs status NAME [-n NAMESPACE]
     framework-jobs logs NAME [-n NAMESPACE] [--follow] [--rank NODE_RANK]
     framework-jobs cancel NAME [-n NAMESPACE] [--yes]
+    framework-jobs list|status|logs|cancel ... --ray ADDRESS   # launcher=ray jobs (hydra_plugins.ray_launcher.cli)
 
 Exit codes: 0 ok, 1 an API or cluster error (one line on stderr), 2 usage.
 """
@@ -45,13 +46,20 @@ def _table(rows: list[tuple[str, ...]]) -> str:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="framework-jobs", description="Training jobs submitted by launcher=kubernetes."
+        prog="framework-jobs", description="Training jobs submitted by launcher=kubernetes (or, with --ray, launcher=ray)."
     )
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "-n", "--namespace", help="namespace (default: the kubeconfig context's, else 'default')"
     )
     common.add_argument("--context", help="kubeconfig context (default: the current one, or in-cluster)")
+    common.add_argument(
+        "--ray",
+        default=os.environ.get("FRAMEWORK_RAY_ADDRESS"),
+        metavar="ADDRESS",
+        help="a Ray cluster (http://host:8265, ray://host:10001, auto): its launcher=ray jobs instead "
+        "(default: $FRAMEWORK_RAY_ADDRESS)",
+    )
     sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("list", parents=[common], help="list the jobs in the namespace")
     for name, text in (
@@ -70,6 +78,10 @@ def parser() -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    if getattr(args, "ray", None):  # launcher=ray jobs: the same verbs through the Ray Jobs API
+        from hydra_plugins.ray_launcher.cli import run as run_ray
+
+        return run_ray(args)
     from hydra_plugins.kubernetes_launcher._client import JobClient
 
     ns = args.namespace or _default_namespace(args.context)

@@ -1,0 +1,266 @@
+"""launcher=ray against a real local Ray cluster (token auth on, loopback only), one cluster for all tests.
+
+Each test submits through the Jobs API with the CLI a user runs; references are independent runs (the same
+config under torchrun), not pinned numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.helpers import ROOT, read_metrics, run_cli
+from tests.ray_cluster import RayCluster, listening_addresses, ray_cluster  # noqa: F401 - the fixture
+
+pytestmark = pytest.mark.integration
+
+# ZeRO-2 over 2 processes; checkpoints every 4 steps so a killed worker group has one to resume from.
+TRAIN = [
+    "hardware.nproc_per_node=2", "hardware.zero_stage=2", "train.max_steps=12", "train.eval_interval=4",
+    "train.checkpoint_interval=4", "train.progress=false",
+]  # fmt: skip
+
+
+def ray_args(cluster: RayCluster, *extra: str) -> list[str]:
+    return ["launcher=ray", f"launcher.address={cluster.address}", "launcher.poll_interval_s=0.5", *extra]
+
+
+def user_env(cluster: RayCluster) -> dict[str, str]:
+    """A user's shell: the token in the environment, nothing else of the cluster's."""
+    return {"RAY_AUTH_TOKEN": cluster.token}
+
+
+@pytest.fixture(scope="module")
+def torchrun_reference(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
+    run_dir = tmp_path_factory.mktemp("torchrun") / "run"
+    res = run_cli([*TRAIN, f"hydra.run.dir={run_dir}"], cwd=run_dir.parent)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return read_metrics(run_dir)
+
+
+def assert_same_metrics(got: list[dict[str, Any]], want: list[dict[str, Any]]) -> None:
+    assert [m["step"] for m in got] == [m["step"] for m in want]
+    for a, b in zip(got, want, strict=True):
+        for key in ("loss", "eval_loss", "lr"):
+            if key in b:
+                assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-7), (a, b)
+
+
+def test_cluster_listens_on_loopback_only(ray_cluster: RayCluster) -> None:  # noqa: F811
+    addresses = listening_addresses(ray_cluster.pids())
+    assert addresses, "the cluster's processes listen somewhere"
+    outside = [a for a in addresses if not re.match(r"^(127\.0\.0\.1|::1|::ffff:127\.0\.0\.1):", a)]
+    assert not outside, outside
+
+
+def test_two_worker_zero2_job_matches_torchrun(
+    ray_cluster: RayCluster,  # noqa: F811
+    torchrun_reference: list[dict[str, Any]],
+    tmp_path: Path,
+) -> None:
+    run_dir = tmp_path / "run"
+    res = run_cli(
+        ray_args(
+            ray_cluster, *TRAIN, f"storage.output_uri={run_dir}", f"hydra.sweep.dir={tmp_path / 'sweep'}"
+        ),
+        cwd=tmp_path,
+        env=user_env(ray_cluster),
+    )
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out[-5000:]
+    assert "World: 2 process(es)" in out and "'NNODES': '1'" in out and "'NPROC_PER_NODE': '2'" in out
+    assert_same_metrics(read_metrics(run_dir), torchrun_reference)
+    # The token went in a header only: not in the job's runtime env, the config it ran, its log or ours.
+    name = re.search(r"Submitted Ray job (\S+)", out)
+    assert name is not None, out[-3000:]
+    info = ray_cluster.client().get_job_info(name.group(1))  # type: ignore[attr-defined]
+    assert info.status == "SUCCEEDED" and info.driver_exit_code == 0
+    assert set(info.runtime_env["env_vars"]) == {"PYTHONUNBUFFERED"}
+    logs = ray_cluster.client().get_job_logs(name.group(1))  # type: ignore[attr-defined]
+    for text in (json.dumps(info.runtime_env), (run_dir / "config.yaml").read_text(), logs, out):
+        assert ray_cluster.token not in text
+
+
+def _popen(args: list[str], cwd: Path, env: dict[str, str]) -> tuple[subprocess.Popen[str], list[str]]:
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **env}
+    full_env["PYTHONPATH"] = os.pathsep.join([str(ROOT), full_env.get("PYTHONPATH", "")])
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "framework", *args],
+        cwd=cwd,
+        env=full_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines: list[str] = []
+
+    def read() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+
+    threading.Thread(target=read, daemon=True).start()
+    return proc, lines
+
+
+def _wait_for(cond: Any, timeout: float, what: str, lines: list[str]) -> Any:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        got = cond()
+        if got:
+            return got
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}:\n{''.join(lines)[-5000:]}")
+
+
+def test_killed_worker_restarts_group_and_resumes(
+    ray_cluster: RayCluster,  # noqa: F811
+    torchrun_reference: list[dict[str, Any]],
+    tmp_path: Path,
+) -> None:
+    run_dir = tmp_path / "run"
+    args = ray_args(
+        ray_cluster, *TRAIN, f"storage.output_uri={run_dir}", "launcher.max_failures=1",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+    )  # fmt: skip
+    proc, lines = _popen(args, tmp_path, user_env(ray_cluster))
+    try:
+        rank1 = _wait_for(
+            lambda: next(
+                (m.group(1) for ln in lines if (m := re.search(r"pid=(\d+)\) world_rank=1", ln))), None
+            ),
+            400,
+            "the worker group",
+            lines,
+        )
+        latest = run_dir / "checkpoints" / "latest"
+        _wait_for(lambda: latest.is_file() and latest.read_text().strip() == "step_4", 300, "step_4", lines)
+        os.kill(int(rank1), signal.SIGKILL)  # rank 1 dies without a word, as on a lost node
+        rc = proc.wait(timeout=500)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    out = "".join(lines)
+    assert rc == 0, out[-5000:]
+    assert "Resumed from" in out and "step_4" in out[out.index("Resumed from") :], out[-5000:]
+    assert out.count("Started training worker group") == 2, "one restart of the group"
+    assert_same_metrics(read_metrics(run_dir), torchrun_reference)
+
+
+def test_sweep_of_two_ray_jobs_prints_summary(ray_cluster: RayCluster, tmp_path: Path) -> None:  # noqa: F811
+    res = run_cli(
+        ray_args(
+            ray_cluster, "-m", "optim.lr=1e-3,3e-3", "train.max_steps=2", "train.eval_interval=0",
+            "train.checkpoint_interval=0", "train.progress=false", "launcher.max_parallel=2",
+            f"launcher.run_dir={tmp_path / 'runs'}", f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        ),
+        cwd=tmp_path,
+        env=user_env(ray_cluster),
+    )  # fmt: skip
+    assert res.returncode == 0, (res.stdout + res.stderr)[-5000:]
+    table = res.stdout[res.stdout.index("Sweep summary (best first):") :].splitlines()
+    rows = [ln for ln in table[2:4]]
+    assert len(rows) == 2 and rows[0].startswith("*"), table
+    assert all("COMPLETED" in r for r in rows), table
+    assert {"optim.lr=0.001", "optim.lr=0.003"} <= set(" ".join(rows).split())
+    for job in ("0", "1"):
+        cfg = (tmp_path / "sweep" / job / "config.yaml").read_text()
+        assert "launcher" in cfg and ray_cluster.token not in cfg
+    assert len(list((tmp_path / "runs").glob("*/metrics.jsonl"))) == 2
+
+
+def test_bad_data_inside_the_job_exits_2_without_retry(
+    ray_cluster: RayCluster,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"instruction": "a", "response": "b"}\n{not json\n')
+    res = run_cli(
+        ray_args(
+            ray_cluster, *TRAIN, f"dataset.path={bad}", "launcher.max_failures=3",
+            f"storage.output_uri={tmp_path / 'run'}", f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        ),
+        cwd=tmp_path,
+        env=user_env(ray_cluster),
+    )  # fmt: skip
+    out = res.stdout + res.stderr
+    assert res.returncode == 2, out[-5000:]
+    assert f"{bad}:2" in out  # the DataError names the file and line
+    assert "driver exit code 2" in out and "not retried" in out
+    assert out.count("Started training worker group") == 1, out[-5000:]
+
+
+def test_ctrl_c_leaves_job_then_framework_jobs_cancels_it(
+    ray_cluster: RayCluster,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    args = ray_args(
+        ray_cluster, "hardware.nproc_per_node=2", "train.max_steps=2000", "train.eval_interval=0",
+        "train.progress=false", f"storage.output_uri={tmp_path / 'run'}", f"hydra.sweep.dir={tmp_path / 'sweep'}",
+    )  # fmt: skip
+    proc, lines = _popen(args, tmp_path, user_env(ray_cluster))
+    try:
+        name = _wait_for(
+            lambda: next(
+                (m.group(1) for ln in lines if (m := re.search(r"Submitted Ray job (\S+)", ln))), None
+            ),
+            120,
+            "the submission",
+            lines,
+        )
+        _wait_for(lambda: (tmp_path / "run" / "metrics.jsonl").is_file(), 400, "training", lines)
+        proc.send_signal(signal.SIGINT)  # Ctrl-C; not on a terminal, `ask` leaves the job running
+        rc = proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    out = "".join(lines)
+    assert rc == 130, out[-3000:]
+    assert "leaving the Ray job(s) running" in out
+
+    def jobs(*argv: str) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, **user_env(ray_cluster)}
+        cmd = [
+            sys.executable,
+            "-m",
+            "hydra_plugins.kubernetes_launcher.cli",
+            *argv,
+            "--ray",
+            ray_cluster.address,
+        ]
+        return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120, check=False)
+
+    listed = jobs("list")
+    assert listed.returncode == 0 and name in listed.stdout and "RUNNING" in listed.stdout, listed
+    status = jobs("status", name)
+    assert status.returncode == 0 and "RUNNING" in status.stdout, status
+    logs = jobs("logs", name)
+    assert "World: 2 process(es)" in logs.stdout, logs.stdout[-3000:]
+    cancel = jobs("cancel", name, "--yes")
+    assert cancel.returncode == 0, cancel
+    client = ray_cluster.client()
+    _wait_for(lambda: client.get_job_status(name) == "STOPPED", 60, "STOPPED", lines)  # type: ignore[attr-defined]
+    assert jobs("status", name).returncode == 143
+
+    def running() -> list[str]:
+        left = []
+        for pid in ray_cluster.pids():
+            try:
+                cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            if cmd.startswith(("ray::RayTrainWorker", "ray::TrainController")) or "-m framework" in cmd:
+                left.append(cmd)
+        return left
+
+    _wait_for(lambda: not running(), 60, "the job's processes to end", [str(running())])

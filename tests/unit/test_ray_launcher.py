@@ -1,0 +1,194 @@
+"""launcher=ray without a cluster: discovery, no torch while submitting, problems, scaling, auth, exit codes.
+
+The runs against a real local Ray cluster are in tests/integration/test_ray_launcher.py.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from omegaconf import OmegaConf
+
+from tests.helpers import ROOT, run_cli
+from tests.ray_cluster import free_ports
+
+
+def one_line_error(proc: subprocess.CompletedProcess[str]) -> str:
+    assert "Traceback" not in proc.stderr, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, proc.stderr
+    return errors[0]
+
+
+def test_discovery() -> None:
+    from hydra.core.config_store import ConfigStore
+    from hydra.core.plugins import Plugins
+    from hydra.plugins.launcher import Launcher
+
+    names = [p.__name__ for p in Plugins.instance().discover(Launcher)]
+    assert "RayLauncher" in names, (
+        f"{names}: reinstall with `pip install -e '.[dev]' --config-settings editable_mode=strict`"
+    )
+    assert "ray.yaml" in ConfigStore.instance().list("hydra/launcher")
+
+
+def test_unreachable_cluster_names_address_and_port_forward_without_torch(tmp_path: Path) -> None:
+    (port,) = free_ports(1)  # nothing listens there
+    address = f"http://127.0.0.1:{port}"
+    proc = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "framework", "launcher=ray", f"launcher.address={address}",
+         f"storage.output_uri={tmp_path / 'run'}", f"hydra.sweep.dir={tmp_path / 'sweep'}"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False,
+        env={**__import__("os").environ, "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    error = one_line_error(proc)
+    assert address in error and "kubectl port-forward svc/<raycluster>-head-svc" in error
+    imported = {
+        line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if "import time:" in line
+    }
+    assert "ray.job_submission" in imported, "the Jobs API client was used"
+    assert not {m for m in imported if m == "torch" or m.startswith("torch.")}, "no torch while submitting"
+    # The job was composed and validated before connecting: its resolved config is in its output dir.
+    cfg = OmegaConf.load(tmp_path / "sweep" / "0" / "config.yaml")
+    assert cfg.launcher.name == "ray" and cfg.storage.output_uri == str(tmp_path / "run")
+
+
+def test_without_ray_installed_says_how_to_install(tmp_path: Path) -> None:
+    code = (
+        "import sys; sys.modules['ray'] = None\n"  # `import ray` raises ImportError, as when it is absent
+        "from framework.__main__ import main\n"
+        f"sys.exit(main(['launcher=ray', 'hydra.sweep.dir={tmp_path / 'sweep'}']))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "pip install 'framework[ray]'" in one_line_error(proc)
+
+
+def test_every_launcher_problem_in_one_error(tmp_path: Path) -> None:
+    res = run_cli(
+        ["launcher=ray", "launcher.address=nowhere:8265", "hardware.nodes=2", "+launcher.env.HF_TOKEN=x",
+         "launcher.max_failures=-5", "storage.output_uri=runs/x", f"hydra.sweep.dir={tmp_path / 'sweep'}"],
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert res.returncode == 2, res.stderr[-3000:]
+    text = res.stderr
+    assert "Invalid config (5 problems)" in text, text
+    assert "launcher.address='nowhere:8265' is not a Ray address" in text
+    assert "launcher.env.HF_TOKEN looks like a secret" in text
+    assert "launcher.max_failures=-5" in text
+    assert "storage.output_uri=runs/x is a relative path" in text
+    assert "hardware.nodes=2 with launcher=ray needs a run directory every Ray node shares" in text
+
+
+@pytest.mark.parametrize(
+    ("extra", "ok"),
+    [
+        (["storage.output_uri=s3://bucket/runs/x"], True),
+        (["storage.output_uri=/mnt/nfs/runs/x", "launcher.run_dir_shared=true"], True),
+        (["storage.output_uri=/tmp/runs/x"], False),
+        ([], False),
+    ],
+)
+def test_multi_node_run_dir_must_be_shared(extra: list[str], ok: bool) -> None:
+    from hydra_plugins.ray_launcher._problems import run_dir_problems
+
+    cfg = OmegaConf.create(
+        {"hardware": {"nodes": 2}, "launcher": {"run_dir": "/tmp/r", "run_dir_shared": False}}
+    )
+    cfg.storage = {"output_uri": None}
+    for kv in extra:
+        key, value = kv.split("=", 1)
+        OmegaConf.update(cfg, key, True if value == "true" else value)
+    assert (run_dir_problems(cfg) == []) is ok
+
+
+def test_scaling_from_hardware_profiles() -> None:
+    from hydra_plugins.ray_launcher._scaling import scaling
+
+    cpu = scaling({"nodes": 1, "nproc_per_node": 2, "accelerator": "cpu", "cpu": "2", "memory": "8Gi"}, 0.5)
+    assert cpu.scaling_config_kwargs() == {
+        "num_workers": 2,
+        "use_gpu": False,
+        "resources_per_worker": {"CPU": 1.0, "memory": float(2 * 2**30)},
+        "placement_strategy": "STRICT_PACK",
+    }
+    a100 = {"nodes": 2, "nproc_per_node": 8, "accelerator": "cuda", "gpus_per_node": 8, "cpu": "90"}
+    s = scaling({**a100, "memory": "900Gi"}, 0.6)
+    assert (s.num_workers, s.use_gpu, s.placement_strategy) == (16, True, "PACK")
+    assert s.resources_per_worker["GPU"] == 1.0 and s.resources_per_worker["CPU"] == 90 / 8
+    assert s.resources_per_worker["memory"] == pytest.approx(900 * 2**30 * 0.6 / 8, abs=1)
+    assert scaling({**a100, "cpu": "500m", "memory": "1Gi"}, 0.0).resources_per_worker == {
+        "CPU": 0.0625,
+        "GPU": 1.0,
+    }
+
+
+def test_missing_resources_says_what_is_missing() -> None:
+    from hydra_plugins.ray_launcher._scaling import missing_resources, scaling
+
+    s = scaling({"nodes": 2, "nproc_per_node": 8, "accelerator": "cuda", "gpus_per_node": 8, "cpu": "16",
+                 "memory": "64Gi"}, 0.5)  # fmt: skip
+    node = {"CPU": 16.0, "GPU": 8.0, "memory": float(40 * 2**30)}
+    assert missing_resources(s, [node, node]) is None
+    msg = missing_resources(s, [node])
+    assert (
+        msg is not None and "16 worker(s)" in msg and "missing CPU 16, GPU 8, memory 24.0Gi in total" in msg
+    )
+    one = scaling({"nodes": 1, "nproc_per_node": 4, "accelerator": "cpu", "cpu": "4", "memory": "0"}, 0.5)
+    msg = missing_resources(one, [{"CPU": 2.0}, {"CPU": 2.0}])
+    assert msg is not None and "STRICT_PACK: one node holding all 4 workers" in msg and "largest node" in msg
+
+
+def test_auth_token_from_env_file_or_ray_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from hydra_plugins.ray_launcher._client import auth_headers, auth_token
+
+    for var in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert auth_token() is None and auth_headers() == {}
+    (tmp_path / ".ray").mkdir()
+    (tmp_path / ".ray" / "auth_token").write_text("from-ray-config\n")
+    assert auth_token() == "from-ray-config"
+    (tmp_path / "t").write_text("from-path")
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(tmp_path / "t"))
+    assert auth_token() == "from-path"
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "from-env")
+    assert auth_headers() == {"Authorization": "Bearer from-env"}
+
+
+def test_job_outcome_exit_codes() -> None:
+    from hydra_plugins.ray_launcher._client import JobInfo
+
+    def code(status: str, exit_code: int | None) -> int:
+        return JobInfo("j", status, exit_code=exit_code).outcome_code
+
+    assert code("SUCCEEDED", 0) == 0
+    assert code("FAILED", 2) == 2
+    assert code("FAILED", 143) == 143
+    assert code("STOPPED", None) == 143
+    assert code("FAILED", 1) == 1 and code("FAILED", None) == 1
+
+
+def test_worker_failures_map_to_exit_codes() -> None:
+    from hydra_plugins.ray_launcher._train import outcome_code
+
+    from framework.errors import DataError, Preempted
+
+    class Wrapped(Exception):  # as Ray Train's UserExceptionWithTraceback keeps the user's exception
+        def __init__(self, base: BaseException) -> None:
+            self._base_exc = base
+
+    class GroupError(Exception):
+        def __init__(self, failures: dict[int, Any]) -> None:
+            self.worker_failures = failures
+
+    assert outcome_code(GroupError({0: Wrapped(DataError("x:2: bad")), 1: RuntimeError("peer gone")})) == 2
+    assert outcome_code(GroupError({0: Wrapped(Preempted("s")), 1: Wrapped(Preempted("s"))})) == 143
+    assert outcome_code(GroupError({1: RuntimeError("actor died")})) == 1
