@@ -16,6 +16,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
 from framework.errors import ConfigError
+from framework.evaluation import EvalConfig
 from framework.launcher_config import LauncherConfig
 from framework.storage_config import StorageConfig
 from framework.tracking_config import TrackingConfig
@@ -23,8 +24,8 @@ from framework.tracking_config import TrackingConfig
 
 @dataclass
 class RecipeConfig:
-    name: str = MISSING  # entry point in recipes.RECIPES: lora_llama | full_finetune
-    finetune: str = "lora"  # lora: train adapters only; full: train every weight
+    name: str = MISSING  # entry point in recipes.RECIPES: lora_llama | full_finetune | evaluate
+    finetune: str = "lora"  # lora: train adapters only; full: train every weight; none: nothing (evaluate)
 
 
 @dataclass
@@ -160,6 +161,7 @@ class Config:
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     lora: LoraConfig | None = field(default_factory=LoraConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     run_name: str = "run"  # names the run in logs, trackers and Kubernetes objects
     # auto: continue from checkpoints/latest if present | none | <step> | <checkpoint path or URI>
     resume: str = "auto"

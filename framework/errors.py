@@ -48,3 +48,9 @@ class Preempted(FrameworkError):
     """SIGTERM/SIGINT arrived; a checkpoint was saved. Retryable: a restart resumes from it."""
 
     exit_code = EXIT_PREEMPTED
+
+
+class UsageError(FrameworkError):
+    """A command-line argument names something that is missing or unusable (a path, a step). Permanent."""
+
+    exit_code = EXIT_USAGE

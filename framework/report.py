@@ -290,6 +290,27 @@ def default_out(uri: str) -> str:
     return f"{root.rstrip('/')}/report.png"
 
 
+def eval_summaries(jobs: Sequence[JobMetrics]) -> list[str]:
+    """Task metrics of jobs that ran the evaluate recipe (``<run>/eval/metrics.json``), one block per job."""
+    from framework.evaluation import summary
+
+    out = []
+    for job in jobs:
+        fs, path = fsspec.core.url_to_fs(f"{job.run_dir}/eval/metrics.json")
+        if not fs.isfile(path):
+            continue
+        with fs.open(path, "r") as f:
+            m = json.load(f)
+        lines = [f"Evaluation of {m.get('model', '?')} on {m.get('dataset', '?')} ({job.name}): {summary(m)}"]
+        for label, v in m.get("per_label", {}).items():
+            lines.append(
+                f"  {label:<20} precision {v['precision']:.3f}  recall {v['recall']:.3f}  f1 {v['f1']:.3f}  "
+                f"support {v['support']}"
+            )
+        out.append("\n".join(lines))
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m framework.report",
@@ -315,6 +336,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 file=sys.stderr,
             )
     print(format_table(jobs))
+    for text in eval_summaries(jobs):
+        print(text)
     print(f"Plot: {out}")
     return EXIT_OK
 

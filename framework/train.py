@@ -654,7 +654,7 @@ def train(
         save_checkpoint(blocking=True)
         export(engine, cfg, run.path, tokenizer)
         if rank0:
-            for name in ("adapter", "model"):
+            for name in ("adapter", "model", "base"):
                 run.publish(name)
                 if (run.path / name).is_dir():
                     tracker.log_artifact(str(run.path / name), name)

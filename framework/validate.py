@@ -24,6 +24,7 @@ from omegaconf.errors import OmegaConfBaseException
 from framework import fastpath, pretrained
 from framework.config import Config, package_path
 from framework.errors import ConfigError
+from framework.evaluation import eval_problems
 from framework.model import option_problems
 from framework.tracking_config import tracking_problems as _tracking_section_problems
 from recipes import RECIPES
@@ -41,7 +42,7 @@ LAUNCHER_PROBLEMS: dict[str, str] = {
 LAUNCHERS = ("local", *LAUNCHER_PROBLEMS)
 
 CHOICES: dict[str, tuple[str, ...]] = {
-    "recipe.finetune": ("lora", "full"),
+    "recipe.finetune": ("lora", "full", "none"),
     "optim.name": ("adamw", "sgd"),
     "scheduler.name": ("cosine", "constant"),
     "model.attn_implementation": ("eager", "sdpa", "flash_attention_2", "flex_attention"),
@@ -73,7 +74,7 @@ NON_NEGATIVE = (
     "train.eval_max_batches",
 )
 # model.pretrained is read (or reported missing) by framework.pretrained.apply: it may also be a Hub model id.
-PATH_KEYS = ("dataset.path", "dataset.val_path", "dataset.tokenizer", "model.tokenizer")
+PATH_KEYS = ("dataset.path", "dataset.val_path", "dataset.tokenizer", "model.tokenizer", "eval.run")
 
 
 def with_schema(cfg: DictConfig) -> DictConfig:
@@ -268,6 +269,7 @@ GROUPS: tuple[Problems, ...] = (
     hardware_problems,
     storage_problems,
     tracking_problems,
+    eval_problems,
     launcher_problems,
 )
 
@@ -336,6 +338,7 @@ def validate(
     # The memory estimate needs an otherwise consistent config (valid stage, precision, batch sizes).
     if (
         not problems
+        and cfg.recipe.finetune != "none"  # an estimate of training memory; evaluate trains nothing
         and cfg.hardware.accelerator == "cuda"
         and _get(cfg, "hardware.gpu_memory_gb") is not None
     ):

@@ -6,4 +6,5 @@ A test checks it against ``conf/recipe/*.yaml``. Entries are strings so listing 
 RECIPES: dict[str, str] = {
     "lora_llama": "recipes.lora_llama:main",
     "full_finetune": "recipes.full_finetune:main",
+    "evaluate": "recipes.evaluate:main",
 }

@@ -2,8 +2,12 @@
 
 Supports: random-init or pretrained Llama (local dir or URI), LoRA on any linear modules, packed sequences with
 per-document attention, ZeRO 0/1/2/3 from the hardware profile, fp32 (CPU) / bf16 (GPU), eval loss and
-perplexity, checkpoints with `resume=auto`, SIGTERM saves. Writes `adapter/` (load with
-`peft.PeftModel.from_pretrained(base, "<run>/adapter")`) and the tokenizer beside it.
+perplexity, checkpoints with `resume=auto`, SIGTERM saves.
+
+Trainable: the LoRA adapters (and, with model.train_embeddings, the embeddings and LM head). Exported:
+`adapter/` with the tokenizer beside it; its `adapter_config.json` names the base. A random-init base is
+saved to `base/` (the frozen weights training used, bit for bit), so the adapter loads with
+`peft.PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained("<run>/base"), "<run>/adapter")`.
 
     python -m framework                                            # tiny model on the sample data, CPU
     python -m framework hardware.nproc_per_node=2                  # two processes under torchrun (gloo)
@@ -22,18 +26,46 @@ from framework import distributed as dist
 from framework.model import apply_lora, build_model
 from framework.train import full_state_dict, run_dir_for, train
 
+BASE = "base"
+
 
 def prepare_model(cfg: DictConfig, tokenizer: Any) -> Any:
     return apply_lora(build_model(cfg, len(tokenizer)), cfg)
 
 
-def export(engine: Any, cfg: DictConfig, run_dir: Path, tokenizer: Any) -> None:
+def base_reference(cfg: DictConfig) -> str:
+    """What ``adapter_config.json`` names as its base: the pretrained model as configured, else ``<run>/base``."""
+    from framework import storage
+
+    ref = str(cfg.model.pretrained) if cfg.model.pretrained else storage.join(run_dir_for(cfg), BASE)
+    return ref if storage.is_remote(ref) else str(Path(ref).expanduser().resolve())
+
+
+def save_base(state_dict: dict[str, Any], cfg: DictConfig, out: Path, tokenizer: Any) -> None:
+    """Save the frozen base weights of the trained peft model's state dict as an HF model."""
+    from framework.export import base_state_dict, export_cfg
+
+    base = build_model(export_cfg(cfg), len(tokenizer))
+    base.load_state_dict(base_state_dict(state_dict, base), strict=True)
+    base.config.use_cache = True
+    base.save_pretrained(str(out))
+    tokenizer.save_pretrained(str(out))
+
+
+def export(engine: Any, cfg: DictConfig, run_dir: Path, tokenizer: Any) -> list[str]:
     state_dict = full_state_dict(engine)  # a collective under ZeRO-3: every rank calls it
+    written = ["adapter"]
     if dist.is_rank0():
         out = run_dir / "adapter"
+        for pc in engine.module.peft_config.values():
+            pc.base_model_name_or_path = base_reference(cfg)
         engine.module.save_pretrained(str(out), state_dict=state_dict)
         tokenizer.save_pretrained(str(out))
+        if not cfg.model.pretrained:
+            save_base(state_dict, cfg, run_dir / BASE, tokenizer)
+            written.append(BASE)
     dist.barrier()
+    return written
 
 
 def main(cfg: DictConfig) -> dict[str, Any]:

@@ -40,7 +40,8 @@ def test_recipe_table_matches_conf() -> None:
     list(itertools.product(options("recipe"), options("model"), options("hardware"))),
 )
 def test_every_combination_composes_and_validates(recipe: str, model: str, hardware: str) -> None:
-    cfg = compose_cfg(f"recipe={recipe}", f"model={model}", f"hardware={hardware}")
+    extra = [f"eval.run={CONF}"] if recipe == "evaluate" else []  # the evaluate recipe needs what it evaluates
+    cfg = compose_cfg(f"recipe={recipe}", f"model={model}", f"hardware={hardware}", *extra)
     assert cfg.model.name == model and cfg.hardware.name == hardware
     # GPU availability is a launch-time question; everything else must be valid as shipped, except that the
     # memory estimate rightly refuses a full fine-tune of 8B (fp32 Adam states) on one GPU without ZeRO.
