@@ -40,7 +40,9 @@ def test_recipe_table_matches_conf() -> None:
     list(itertools.product(options("recipe"), options("model"), options("hardware"))),
 )
 def test_every_combination_composes_and_validates(recipe: str, model: str, hardware: str) -> None:
-    extra = [f"eval.run={CONF}"] if recipe == "evaluate" else []  # the evaluate recipe needs what it evaluates
+    extra = (
+        [f"eval.run={CONF}"] if recipe == "evaluate" else []
+    )  # the evaluate recipe needs what it evaluates
     cfg = compose_cfg(f"recipe={recipe}", f"model={model}", f"hardware={hardware}", *extra)
     assert cfg.model.name == model and cfg.hardware.name == hardware
     # GPU availability is a launch-time question; everything else must be valid as shipped, except that the
