@@ -270,11 +270,16 @@ def checkpoint_state_dict(run: Run, step: int) -> dict[str, Any]:
     """
     import torch
 
-    from framework.checkpoint import tag_for, verify
+    from framework.checkpoint import damage, tag_for
 
     tag = tag_for(step)
     root = run.local(f"checkpoints/{tag}").parent
-    verify(root, tag)
+    problems = damage(root, tag)
+    if problems:
+        raise UsageError(
+            f"checkpoint {storage.join(run.uri, 'checkpoints', tag)} is damaged ({'; '.join(problems[:3])}); "
+            "export another one (--step N, or the final state without --step)"
+        )
     stage = int(run.cfg.hardware.get("zero_stage", 0))
     if stage == 0:
         states = root / tag / "mp_rank_00_model_states.pt"

@@ -113,7 +113,9 @@ def test_round_trip_and_sigterm_at_random_steps(
         for name, entry in manifest["files"].items():
             head = s3_client.head_object(Bucket=bucket, Key=f"runs/r1/checkpoints/{latest}/{name}")
             assert head["ContentLength"] == entry["size"]
-            assert "xxh3_128" in entry or not name.startswith("mp_rank_00"), entry  # rank 0's files: checksums
+            assert "xxh3_128" in entry or not name.startswith("mp_rank_00"), (
+                entry
+            )  # rank 0's files: checksums
     res = run_cli(args, cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "Resumed from s3://" in res.stdout + res.stderr

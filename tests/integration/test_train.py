@@ -59,7 +59,9 @@ def test_resume_with_incompatible_config_fails_clearly(lora_run: Path, tmp_path:
     shutil.copytree(lora_run / "checkpoints", run_dir / "checkpoints")
     res = run_cli([*SHORT, "train.max_steps=40", "lora.r=16", f"hydra.run.dir={run_dir}"], cwd=tmp_path)
     assert res.returncode == 2, res.stderr[-3000:]
-    assert "written by a different run; changed: lora.r: 8 -> 16" in res.stderr  # resume=auto compares configs
+    assert (
+        "written by a different run; changed: lora.r: 8 -> 16" in res.stderr
+    )  # resume=auto compares configs
     named = [*SHORT, "lora.r=16", f"resume={run_dir / 'checkpoints' / 'step_30'}", f"hydra.run.dir={run_dir}"]
     res = run_cli(named, cwd=tmp_path)  # a named checkpoint: the compatibility check still applies
     assert res.returncode == 2, res.stderr[-3000:]
