@@ -178,6 +178,12 @@ def export_cfg(cfg: DictConfig) -> DictConfig:
     m.gradient_checkpointing = False
     m.fused_linear_ce = False
     m.kernels = "hf"
+    if "load_in_4bit" in m:
+        m.load_in_4bit = False  # merging needs the base's own weights, not NF4 codes
+    if c.get("lora") is not None and "fused_inputs" in c.lora:
+        c.lora.fused_inputs = False
+    if "fast_paths" in c.hardware:
+        c.hardware.fast_paths = False
     if m.get("attn_implementation") in ("flex_attention", "flash_attention_2"):
         m.attn_implementation = "sdpa"
     return c
@@ -228,8 +234,10 @@ def base_state_dict(peft_state: dict[str, Any], base: Any) -> dict[str, Any]:
 
 def require_base(run: Run) -> None:
     """A configured pretrained base must still be there (checked before anything heavy loads)."""
+    from framework.pretrained import is_hub_id
+
     uri = run.cfg.model.get("pretrained")
-    if uri and not storage.exists(storage.join(str(uri), "config.json")):
+    if uri and not is_hub_id(str(uri)) and not storage.exists(storage.join(str(uri), "config.json")):
         raise UsageError(
             f"the base model of {run.uri} is {uri}, which does not exist or holds no config.json; restore "
             "it there, or set model.pretrained in the run's config.yaml to where it is now"
@@ -246,14 +254,9 @@ def load_base(run: Run, vocab_len: int) -> Any:
     if ref is not None and not cfg.model.get("pretrained"):
         cfg.model.pretrained = ref
     if cfg.model.get("pretrained"):
-        uri = str(cfg.model.pretrained)
-        local = Path(storage.local_copy(uri)) if storage.is_remote(uri) else Path(uri).expanduser()
-        if not (local / "config.json").is_file():
-            raise UsageError(
-                f"the base model of {run.uri} is {uri}, which does not exist or holds no config.json; restore "
-                "it there, or set model.pretrained in the run's config.yaml to where it is now"
-            )
-        cfg.model.pretrained = str(local)
+        require_base(
+            run
+        )  # a local dir, a URI (downloaded once into the cache) or a hub id, as training read it
     else:
         log.warning(
             "%s has no %s/: rebuilding the random-init base from the config's seed", run.uri, BASE_DIR
@@ -345,10 +348,7 @@ def load_model(source: Source, tokenizer: Any) -> Any:
     else:
         from framework.model import build_model
 
-        cfg = export_cfg(run.cfg)
-        if cfg.model.get("pretrained") and storage.is_remote(str(cfg.model.pretrained)):
-            cfg.model.pretrained = str(storage.local_copy(str(cfg.model.pretrained)))
-        model = build_model(cfg, len(tokenizer))
+        model = build_model(export_cfg(run.cfg), len(tokenizer))
         where = storage.join(run.uri, "checkpoints", f"step_{source.step}")
         _load_into(model, checkpoint_state_dict(run, source.step), where, partial=False)
     model.eval()
