@@ -36,6 +36,7 @@ from framework.tracking_config import MlflowConfig, TrackingConfig, WandbConfig,
 log = logging.getLogger(__name__)
 
 RUN_STATUSES = ("FINISHED", "FAILED", "KILLED")
+MLFLOW_DIR, MLFLOW_DB = "mlflow", "mlflow.db"  # the default store: sqlite:///<run_dir>/mlflow/mlflow.db
 INSTALL_FIX = "pip install 'framework[tracking]'"
 # Config keys whose values are never logged (tokenizer entries such as pad_token are not secrets).
 _SECRET_KEY = re.compile(
@@ -270,6 +271,26 @@ class TensorBoardTracker:
     def log_artifact(self, path: str, name: str) -> None:
         log.debug("tensorboard: artifacts are not supported; skipping %s", name)
 
+    def log_samples(self, rows: list[dict[str, Any]], step: int) -> None:
+        """Generated samples as a markdown table under the ``samples`` text tag (TensorBoard's Text tab)."""
+        table = ["| prompt | generation | reference |", "|---|---|---|"]
+        table += [
+            f"| {_md_cell(r['prompt'])} | {_md_cell(r['generation'])} | {_md_cell(r['reference'])} |"
+            for r in rows
+        ]
+        plugin = self._metadata.PluginData(
+            plugin_name="text", content=self._text_plugin(version=0).SerializeToString()
+        )
+        tensor = self._tensor(
+            dtype="DT_STRING",
+            string_val=["\n".join(table).encode()],
+            tensor_shape=self._shape(dim=[self._shape.Dim(size=1)]),
+        )
+        value = self._summary.Value(
+            tag="samples/text_summary", metadata=self._metadata(plugin_data=plugin), tensor=tensor
+        )
+        self._write(self._event(wall_time=time.time(), step=step, summary=self._summary(value=[value])))
+
     def close(self, status: str = "FINISHED") -> None:
         self._writer.flush()
         self._writer.close()
@@ -287,7 +308,16 @@ class MlflowTracker:
         "MLFLOW_TRACKING_USERNAME/PASSWORD in the environment), or drop mlflow from the trackers"
     )
 
-    def __init__(self, cfg: MlflowConfig, tracking_uri: str, run_name: str, run_dir: str) -> None:
+    def __init__(
+        self,
+        cfg: MlflowConfig,
+        tracking_uri: str,
+        run_name: str,
+        run_dir: str,
+        artifact_location: str | None = None,
+    ) -> None:
+        self.artifact_location = artifact_location
+        self._last: dict[str, float] = {}  # the latest value of every metric: a registered version's tags
         if tracking_uri.startswith("file:"):
             # MLflow >= 3.7 refuses the file store unless opted in; a local store per run dir is our default.
             os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
@@ -329,7 +359,7 @@ class MlflowTracker:
         if experiment is not None:
             return str(experiment.experiment_id)
         try:
-            return str(self.client.create_experiment(name))
+            return str(self.client.create_experiment(name, artifact_location=self.artifact_location))
         except Exception:  # another job of the sweep created it first
             experiment = self.client.get_experiment_by_name(name)
             if experiment is None:
@@ -369,6 +399,7 @@ class MlflowTracker:
 
     def log_metrics(self, metrics: dict[str, Any], step: int) -> None:
         now = int(time.time() * 1000)
+        self._last.update(numeric_metrics(metrics))
         self._pending += [
             self._metric_cls(self._key(k), v, now, step) for k, v in numeric_metrics(metrics).items()
         ]
@@ -392,6 +423,36 @@ class MlflowTracker:
         finally:
             if tmp:
                 shutil.rmtree(tmp, ignore_errors=True)
+
+    def register_model(self, artifact: str) -> None:
+        """Register the artifact ``artifact`` of this run (logged before) as a new version of
+        ``tracking.mlflow.register_as``, tagged with the run's latest metrics."""
+        if not self.cfg.register_as:
+            return
+        self.flush()
+        from mlflow.exceptions import MlflowException
+
+        name = self.cfg.register_as
+        try:
+            self.client.create_registered_model(name)
+        except MlflowException as exc:  # it exists: a new version is what we want
+            if "RESOURCE_ALREADY_EXISTS" not in str(getattr(exc, "error_code", "")):
+                raise
+        source = f"{self.client.get_run(self.run_id).info.artifact_uri.rstrip('/')}/{artifact}"
+        tags = {f"metric.{self._key(k)}": repr(v) for k, v in sorted(self._last.items())}
+        desc = ", ".join(
+            f"{k} {v:.4g}" for k, v in sorted(self._last.items()) if k in ("eval_loss", "perplexity", "loss")
+        )
+        version = self.client.create_model_version(
+            name, source, run_id=self.run_id, tags={"framework.artifact": artifact, **tags}, description=desc
+        )
+        log.info("mlflow: registered %s as %s version %s", artifact, name, version.version)
+
+    def log_samples(self, rows: list[dict[str, Any]], step: int) -> None:
+        """Generated samples as an MLflow table artifact (``samples/step_<N>.json``; shown in the UI)."""
+        columns = {k: [str(r[k]) for r in rows] for k in ("prompt", "generation", "reference")}
+        columns["step"] = [str(step)] * len(rows)
+        self.client.log_table(self.run_id, data=columns, artifact_file=f"samples/step_{step:06d}.json")
 
     def close(self, status: str = "FINISHED") -> None:
         self.flush()
@@ -460,6 +521,12 @@ class WandbTracker:
         finally:
             if tmp:
                 shutil.rmtree(tmp, ignore_errors=True)
+
+    def log_samples(self, rows: list[dict[str, Any]], step: int) -> None:
+        """Generated samples as a W&B table (one per eval step)."""
+        columns = ["step", "prompt", "generation", "reference"]
+        data = [[step, r["prompt"], r["generation"], r["reference"]] for r in rows]
+        self.run.log({"samples": self._wandb.Table(columns=columns, data=data)}, step=step)
 
     def close(self, status: str = "FINISHED") -> None:
         self.run.finish(exit_code=0 if status == "FINISHED" else 1)
@@ -607,6 +674,21 @@ class MultiTracker:
         """Upload a file or directory (local or fsspec URI) where supported (MLflow, W&B)."""
         self._fan_out("log_artifact", path, name)
 
+    def _fan_out_to_those_with(self, method: str, *args: Any) -> None:
+        if self._closed:
+            return
+        for worker in self._workers:
+            if hasattr(worker.backend, method):
+                worker.submit(method, *args)
+
+    def log_samples(self, rows: list[dict[str, Any]], step: int) -> None:
+        """Generated samples (dicts with prompt, generation, reference): TensorBoard text, MLflow and W&B tables."""
+        self._fan_out_to_those_with("log_samples", [dict(r) for r in rows], int(step))
+
+    def register_model(self, artifact: str) -> None:
+        """Register a logged artifact in the model registry (MLflow, with tracking.mlflow.register_as)."""
+        self._fan_out_to_those_with("register_model", artifact)
+
     def close(self, status: str = "FINISHED") -> None:
         """Flush and close every backend (FINISHED | FAILED | KILLED), then upload staged files. Idempotent."""
         if self._closed:
@@ -668,10 +750,15 @@ def _build_backend(
         target = cfg.tensorboard.log_dir or _join(run_dir, "tensorboard")
         return TensorBoardTracker(_local_dir(target, mirrors), start_step)
     if name == "mlflow":
-        uri = cfg.mlflow.tracking_uri or "file:" + _local_dir(
-            _join(run_dir, "mlruns"), mirrors, download=True
-        )
-        return MlflowTracker(cfg.mlflow, uri, run_name, run_dir)
+        if cfg.mlflow.tracking_uri:
+            return MlflowTracker(cfg.mlflow, cfg.mlflow.tracking_uri, run_name, run_dir)
+        # Default: a SQLite store in the run dir, which MLflow 3's client and `mlflow ui` open as they are
+        # (the file store needs MLFLOW_ALLOW_FILE_STORE); artifacts beside it, or in the remote run dir.
+        local = _local_dir(_join(run_dir, MLFLOW_DIR), mirrors, download=True)
+        artifacts = _join(run_dir, MLFLOW_DIR, "artifacts")
+        location = artifacts if _is_remote(run_dir) else "file://" + _local_path(artifacts)
+        uri = "sqlite:///" + os.path.join(local, MLFLOW_DB)
+        return MlflowTracker(cfg.mlflow, uri, run_name, run_dir, artifact_location=location)
     if name == "wandb":
         # wandb.init(dir=X) writes X/wandb/...; a remote X is staged whole (only wandb/ lands in the stage).
         return WandbTracker(cfg.wandb, _local_dir(cfg.wandb.dir or run_dir, mirrors), run_name, run_dir)

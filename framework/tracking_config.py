@@ -31,9 +31,13 @@ class TensorBoardConfig:
 @dataclass
 class MlflowConfig:
     enabled: bool = False  # also enabled when "mlflow" is in tracking.backends
-    tracking_uri: str | None = None  # http(s)://server, sqlite:///db, file:/dir; null: file:<run_dir>/mlruns
+    # http(s)://server, sqlite:///db, file:/dir; null: sqlite:///<run_dir>/mlflow/mlflow.db (artifacts beside it)
+    tracking_uri: str | None = None
     experiment_name: str = "framework"  # created when missing
     log_artifacts: bool = True  # upload the final adapter/model dir to the run's artifact store
+    register_as: str | None = (
+        None  # register the final adapter/model as a new version of this registered model
+    )
 
 
 @dataclass

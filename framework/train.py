@@ -658,6 +658,7 @@ def train(
                 run.publish(name)
                 if (run.path / name).is_dir():
                     tracker.log_artifact(str(run.path / name), name)
+            tracker.register_model("adapter" if (run.path / "adapter").is_dir() else "model")
         status = "FINISHED"
     except Preempted:
         status = "KILLED"

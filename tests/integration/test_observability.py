@@ -27,8 +27,7 @@ def scrape(port: int) -> dict[str, float]:
     return out
 
 
-def test_live_metrics_and_trackers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # reading back the local file store the run wrote
+def test_live_metrics_and_trackers(tmp_path: Path) -> None:
     port = free_port()
     run_dir = tmp_path / "run"
     proc = _popen(
@@ -59,7 +58,7 @@ def test_live_metrics_and_trackers(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri=f"file:{run_dir / 'mlruns'}")
+    client = MlflowClient(tracking_uri=f"sqlite:///{run_dir / 'mlflow' / 'mlflow.db'}")
     (exp,) = [e for e in client.search_experiments() if e.name == "framework"]
     (run,) = client.search_runs([exp.experiment_id])
     assert run.data.params["train.max_steps"] == "150"

@@ -101,11 +101,11 @@ def test_tensorboard_event_files(tracked_run: tuple[Path, list[str], list[str]])
     assert "| optim.lr | 0.001 |" in text and "hf_SECRET" not in text
 
 
-def test_mlflow_file_store(tracked_run: tuple[Path, list[str], list[str]]) -> None:
+def test_mlflow_sqlite_store(tracked_run: tuple[Path, list[str], list[str]]) -> None:
     from mlflow.tracking import MlflowClient
 
     run_dir, _, _ = tracked_run
-    client = MlflowClient(tracking_uri=f"file:{run_dir / 'mlruns'}")
+    client = MlflowClient(tracking_uri=f"sqlite:///{run_dir / 'mlflow' / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("framework")
     assert experiment is not None
     (run,) = client.search_runs([experiment.experiment_id])
@@ -261,7 +261,7 @@ def test_mlflow_resumes_the_run_of_the_same_run_dir(tmp_path: Path) -> None:
     cfg.flush_interval_s = 0.2
     first = make_trackers(cfg, str(tmp_path), "r", {"optim": {"lr": 0.1}}, True)
     first.log_metrics({"loss": 3.0}, 1)
-    client = MlflowClient(tracking_uri=f"file:{tmp_path / 'mlruns'}")
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("framework")
     assert experiment is not None
     experiment_id = experiment.experiment_id
