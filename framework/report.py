@@ -149,11 +149,17 @@ def _label_jobs(fs: Any, jobs: list[JobMetrics], job_dirs: list[str]) -> None:
         overrides.append([str(o) for o in found] if isinstance(found, list) else None)
     if all(o is not None for o in overrides):
         lists = [o for o in overrides if o is not None]
-        shared = set.intersection(*(set(o) for o in lists)) if len(lists) > 1 else set()
-        for job, ovr in zip(jobs, lists, strict=True):
-            own = [o for o in ovr if o not in shared]
-            job.label = " ".join(own or ovr) or "(no overrides)"
-        return
+        if len(lists) == 1:
+            jobs[0].label = " ".join(lists[0]) or "(no overrides)"
+            return
+        # Only the keys whose value differs between jobs (an override one job lacks counts as different).
+        parsed = [dict(_split_override(o) for o in ovr) for ovr in lists]
+        keys = list(dict.fromkeys(k for p in parsed for k in p))
+        differing = [k for k in keys if len({p.get(k, "<unset>") for p in parsed}) > 1]
+        if differing:
+            for job, p in zip(jobs, parsed, strict=True):
+                job.label = " ".join(f"{k}={p.get(k, '<unset>')}" for k in differing)
+            return
     configs = [_flatten(_read_yaml(fs, f"{job.run_dir}/config.yaml") or {}) for job in jobs]
     keys = sorted({k for c in configs for k in c})
     differing = [
@@ -161,13 +167,16 @@ def _label_jobs(fs: Any, jobs: list[JobMetrics], job_dirs: list[str]) -> None:
         for k in keys
         if not _RUN_SPECIFIC.match(k) and len({_fmt_value(c.get(k, "<unset>")) for c in configs}) > 1
     ]
-    for job, cfg, maybe in zip(jobs, configs, overrides, strict=True):
-        if maybe is not None:
-            job.label = " ".join(maybe) or "(no overrides)"
-        elif differing:
+    for job, cfg in zip(jobs, configs, strict=True):
+        if differing:
             job.label = " ".join(f"{k}={_fmt_value(cfg.get(k, '<unset>'))}" for k in differing)
         else:
             job.label = job.name
+
+
+def _split_override(override: str) -> tuple[str, str]:
+    key, _, value = override.partition("=")
+    return key.lstrip("+~"), value
 
 
 def load_jobs(uri: str) -> list[JobMetrics]:
@@ -179,14 +188,17 @@ def load_jobs(uri: str) -> list[JobMetrics]:
     else:
         found = []
         paths = sorted(set(fs.glob(f"{root}/*/{METRICS}")) | set(fs.glob(f"{root}/*/*/{METRICS}")))
-        seen_jobs: set[str] = set()
+        by_first: dict[str, list[str]] = {}
         for path in paths:
-            job_dir = f"{root}/{path[len(root) :].lstrip('/').split('/')[0]}"
-            if job_dir in seen_jobs:  # <job>/metrics.jsonl wins over <job>/<run>/metrics.jsonl
-                continue
-            seen_jobs.add(job_dir)
-            found.append((job_dir, path))
-        found.sort(key=lambda item: _natural_key(item[0].rsplit("/", 1)[-1]))
+            by_first.setdefault(path[len(root) :].lstrip("/").split("/")[0], []).append(path)
+        for first, found_here in by_first.items():
+            direct = f"{root}/{first}/{METRICS}"
+            if direct in found_here or len(found_here) == 1:
+                # <job>/metrics.jsonl wins over <job>/<run>/metrics.jsonl; one nested run dir is that job's
+                found.append((f"{root}/{first}", direct if direct in found_here else found_here[0]))
+            else:  # one level above a sweep: every job of every sweep below, named <sweep>/<job>
+                found += [(p[: -len(METRICS) - 1], p) for p in found_here]
+        found.sort(key=lambda item: [_natural_key(part) for part in item[0][len(root) :].split("/") if part])
     if not found:
         what = "does not exist" if not fs.exists(root) else f"has no {METRICS}, nor do its job dirs"
         raise ReportError(
@@ -196,7 +208,7 @@ def load_jobs(uri: str) -> list[JobMetrics]:
     jobs = []
     for job_dir, path in found:
         run_dir = path[: -len(METRICS) - 1]
-        name = job_dir.rsplit("/", 1)[-1] or job_dir
+        name = job_dir[len(root) :].strip("/") or job_dir.rsplit("/", 1)[-1] or job_dir
         with fs.open(path, "r") as f:
             jobs.append(parse_metrics(f, JobMetrics(name=name, run_dir=_unstrip(fs, uri, run_dir))))
     _label_jobs(fs, jobs, [j for j, _ in found])
@@ -245,9 +257,10 @@ def plot(jobs: Sequence[JobMetrics], out: str, title: str) -> None:
 
     fig, (ax_train, ax_eval) = plt.subplots(1, 2, figsize=(13, 5.2), constrained_layout=True)
     cmap = plt.get_cmap("tab10" if len(jobs) <= 10 else "tab20")
+    distinct = len({j.label for j in jobs}) == len(jobs)  # then the legend is what differs, nothing more
     for i, job in enumerate(jobs):
         color = cmap(i % cmap.N)
-        label = _shorten(job.label if len(jobs) == 1 else f"{job.name}: {job.label}", 64)
+        label = _shorten(job.label if len(jobs) == 1 or distinct else f"{job.name}: {job.label}", 64)
         if job.train:
             steps, values = zip(*job.train, strict=True)
             ax_train.plot(steps, values, color=color, linewidth=1.4, label=label)

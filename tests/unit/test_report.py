@@ -149,3 +149,31 @@ def test_module_entry_point_exit_code(tmp_path: Path) -> None:
         timeout=60,
     )
     assert proc.returncode == 2 and proc.stderr.startswith("report: error:")
+
+
+def test_one_level_above_sweeps_lists_every_job(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """multirun/<name>/ holding two sweeps: all four jobs are reported, labelled by what differs only."""
+    above = tmp_path / "multirun" / "lora_llama-tiny_llama"
+    for sweep, seed in (("2026-01-01_00-00-00", 1), ("2026-01-02_00-00-00", 2)):
+        for job, lr in (("0", 0.001), ("1", 0.0003)):
+            overrides = ["model=tiny_llama", f"optim.lr={lr}", f"train.seed={seed}"]
+            write_run(above / sweep / job, lr, final_eval=2.0 + lr * 100 + seed / 10, overrides=overrides)
+    jobs = load_jobs(str(above))
+    assert [j.name for j in jobs] == [
+        "2026-01-01_00-00-00/0", "2026-01-01_00-00-00/1", "2026-01-02_00-00-00/0", "2026-01-02_00-00-00/1",
+    ]  # fmt: skip
+    assert [j.label for j in jobs] == [
+        "optim.lr=0.001 train.seed=1", "optim.lr=0.0003 train.seed=1",
+        "optim.lr=0.001 train.seed=2", "optim.lr=0.0003 train.seed=2",
+    ]  # fmt: skip
+    assert main([str(above), "--out", str(tmp_path / "r.png")]) == 0
+    assert len([ln for ln in capsys.readouterr().out.splitlines() if "optim.lr=" in ln]) == 4
+
+
+def test_legend_labels_drop_what_every_job_shares(tmp_path: Path) -> None:
+    write_run(tmp_path / "0", 0.001, final_eval=2.5, overrides=["model=tiny_llama", "optim.lr=0.001"])
+    write_run(
+        tmp_path / "1", 0.001, final_eval=2.4, overrides=["model=tiny_llama", "optim.lr=0.001", "lora.r=16"]
+    )
+    jobs = load_jobs(str(tmp_path))
+    assert [j.label for j in jobs] == ["lora.r=<unset>", "lora.r=16"]
