@@ -440,6 +440,7 @@ def train(
 
     from framework import storage
     from framework.metrics_server import cuda_memory_bytes, maybe_start_metrics_server
+    from framework.trainer_status import maybe_reporter as maybe_trainer_reporter
     from framework.model import count_params, load_tokenizer
     from framework.tracking import make_trackers
 
@@ -522,7 +523,8 @@ def train(
 
     tracker = make_trackers(cfg.tracking, run.uri, cfg.run_name, resolved(cfg), rank0, start_step=step)
     prom = maybe_start_metrics_server(cfg.tracking.prometheus, cfg.run_name)
-    metrics = MetricsLog(run.metrics, rank0, [lambda r: tracker.log_metrics(r, r["step"])])
+    progress = maybe_trainer_reporter(d.steps, step, rank0)  # Kubeflow Trainer's trainerStatus, when set
+    metrics = MetricsLog(run.metrics, rank0, [lambda r: tracker.log_metrics(r, r["step"]), progress.report])
     stop = StopFlag()
     stop.install()
     micro, accum = cfg.train.micro_batch_size, cfg.train.grad_accum
@@ -671,6 +673,7 @@ def train(
         metrics.close()
         stop.restore()
         tracker.close(status)
+        progress.close(finished=status == "FINISHED")
         prom.stop()
     dist.barrier()
     result = {
