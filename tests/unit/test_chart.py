@@ -8,6 +8,7 @@ import ast
 import copy
 import json
 import re
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -358,10 +359,13 @@ def exercise(kube: FakeKube, backend: str, allowed: set[tuple[str, str, str]]) -
     pending = c.submit(objs(9))  # no controller yet: Pending without pods, so status reads the events
     assert c.status(pending).phase == "Pending"
     c.cancel(pending)
-    kube.on_create.append(simulate("succeed", step_s=0.01))
+    hold = threading.Event()  # the pods keep running until released: wait() must watch them
+    kube.on_create.append(simulate("succeed", step_s=0.01, hold=hold))
     first = objs(0)
     name = c.submit(copy.deepcopy(first))
     assert c.submit(copy.deepcopy(first)) == name  # a retried submit of the same job finds it (409, ours)
+    assert not c.wait(name, timeout_s=1.0).done
+    hold.set()
     assert c.wait(name, timeout_s=20).phase == "Succeeded"
     assert c.status(name).phase == "Succeeded"
     assert list(c.logs(name))
