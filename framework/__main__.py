@@ -166,6 +166,14 @@ def describe_error(e: BaseException) -> tuple[str, int]:
         cause = e.__cause__
         if isinstance(cause, ConfigAttributeError | ConfigKeyError) and getattr(cause, "full_key", None):
             key = str(cause.full_key)
+            parent = _dict_option(key)
+            if parent is not None:
+                # launcher.env, launcher.pvcs, ...: open dicts whose keys the user names; Hydra wants + to add one
+                return (
+                    f"Invalid config: {parent} is a dict option with no key {key[len(parent) + 1 :]!r} yet; add it "
+                    f"with a leading +: +{key}=<value> (quote it in the shell if needed)",
+                    EXIT_USAGE,
+                )
             valid = _known_keys(key)
             hint = f"; valid keys there: {', '.join(valid)}" if valid else ""
             return f"Invalid config: unknown key '{key}'{hint}", EXIT_USAGE
@@ -178,6 +186,18 @@ def describe_error(e: BaseException) -> tuple[str, int]:
     if type(e).__name__ == "StorageError":
         return str(e), EXIT_RUNTIME
     return "".join(traceback.format_exception(e)).rstrip(), EXIT_RUNTIME
+
+
+def _dict_option(full_key: str) -> str | None:
+    """The dict-typed schema field (e.g. ``launcher.env``) that ``full_key`` is a new key of, if any."""
+    parent = full_key.rsplit(".", 1)[0] if "." in full_key else ""
+    try:
+        target = (
+            OmegaConf.select(OmegaConf.structured(Config), parent, throw_on_missing=False) if parent else None
+        )
+    except OmegaConfBaseException:
+        return None
+    return parent if isinstance(target, DictConfig) and OmegaConf.get_type(target) is dict else None
 
 
 def _known_keys(full_key: str) -> list[str] | None:
@@ -248,6 +268,9 @@ def _main(args: list[str]) -> int:
     except BaseException as e:  # noqa: BLE001 - the single place errors become exit codes
         if isinstance(e, KeyboardInterrupt):
             return 130
+        if isinstance(e, BrokenPipeError):  # `framework --help | head`: the reader left, nothing went wrong
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 0
         msg, code = describe_error(e)
         if debug and code != EXIT_RUNTIME:
             traceback.print_exception(e)

@@ -189,6 +189,9 @@ def package_path(uri: str) -> str:
 def register() -> None:
     """Register the schema in Hydra's ConfigStore (idempotent)."""
     ConfigStore.instance().store(name="config_schema", node=Config)
+    from framework.cli_help import register_resolver
+
+    register_resolver()  # `framework --help` lists every group's options
 
 
 def conf_dir() -> Path:

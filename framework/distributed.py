@@ -56,12 +56,20 @@ def is_rank0() -> bool:
     return rank() == 0
 
 
-def import_deepspeed() -> Any:
+def import_deepspeed(accelerator: str | None = None) -> Any:
     """``import deepspeed``, minus ~0.8 s of start-up: DeepSpeed's autotuner (which training never uses) imports
     MLflow, with FastAPI and more, whenever it is installed. It is kept out while DeepSpeed loads, then allowed
-    again (the MLflow tracker imports it normally)."""
+    again (the MLflow tracker imports it normally).
+
+    Quiet on CPU: ``accelerator="cpu"`` names DeepSpeed's accelerator (DS_ACCELERATOR), so it does not warn that
+    it found no GPU, which the hardware profile asked for; and the gcc command lines of its op-builder probes
+    (setuptools' ``compilers`` logger at INFO) are not the user's business on any machine."""
+    import logging
     import sys
 
+    logging.getLogger("compilers").setLevel(logging.WARNING)
+    if accelerator == "cpu":
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
     if "deepspeed" in sys.modules:
         return sys.modules["deepspeed"]
     block = "mlflow" not in sys.modules
@@ -91,7 +99,7 @@ def init(accelerator: str) -> None:
     """Start the process group: gloo on CPU, nccl on GPU (binding this rank to its GPU first)."""
     import torch
 
-    deepspeed = import_deepspeed()
+    deepspeed = import_deepspeed(accelerator)
     ensure_single_process_env()
     if accelerator == "cuda":
         torch.cuda.set_device(local_rank())

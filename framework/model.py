@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import pickle
+import warnings
 from typing import Any
 
 from omegaconf import DictConfig
@@ -111,7 +112,11 @@ def build_model(cfg: DictConfig, vocab_len: int) -> Any:
         model = LlamaForCausalLM(config).to(dtype)
     model.config.use_cache = False
     if m.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        kwargs = {"use_reentrant": False}
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.2x; the old name warns
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
     paths = fastpath.resolve(cfg)
     if paths.fused_linear_ce:
         from framework.kernels import enable_fused_linear_ce
@@ -191,7 +196,10 @@ def apply_lora(model: Any, cfg: DictConfig) -> Any:
         modules_to_save=["embed_tokens", "lm_head"] if cfg.model.train_embeddings else None,
     )
     # Adapters in the base's (compute) dtype: peft's default fp32 upcast only makes a copy DeepSpeed casts back.
-    model = get_peft_model(model, peft_cfg, autocast_adapter_dtype=False)
+    with warnings.catch_warnings():
+        # peft reads transformers' deprecated `is_gradient_checkpointing`: a FutureWarning for their code, not ours
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
+        model = get_peft_model(model, peft_cfg, autocast_adapter_dtype=False)
     if fastpath.resolve(cfg).fused_lora_inputs:
         from framework.lora_fused import fuse_shared_inputs
 

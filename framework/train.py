@@ -444,7 +444,9 @@ def train(
     from framework.model import count_params, load_tokenizer
     from framework.tracking import make_trackers
 
-    deepspeed = dist.import_deepspeed()  # without the ~0.8 s MLflow import of DeepSpeed's autotuner
+    deepspeed = dist.import_deepspeed(
+        cfg.hardware.accelerator
+    )  # without the ~0.8 s MLflow import of DeepSpeed's autotuner
     t_start = time.time()
     storage.configure_from_config(cfg.storage)
     dist.init(cfg.hardware.accelerator)

@@ -7,6 +7,14 @@ Same data pipeline, loop, checkpoints and resume as `lora_llama`; writes `model/
     python -m framework recipe=full_finetune hardware.nproc_per_node=2 hardware.zero_stage=3
     python -m framework recipe=full_finetune model=llama3_2_1b model.pretrained=/models/Llama-3.2-1B \\
         dataset=jsonl dataset.path=/data/train.jsonl hardware=h200x1
+    python -m framework experiment=llama3_1_8b_full_h100x8 launcher=kubernetes ...
+
+Trainable: every weight. Exported: ``model/`` (Hugging Face format) and the tokenizer.
+
+Defaults (conf/recipe/full_finetune.yaml) are for a pretrained Llama and come from torchtune's
+``recipes/configs/llama3_1/8B_full.yaml``: AdamW lr 2e-5, weight decay 0.01 (torch's AdamW default), constant
+learning rate. The random-init demo (``model=tiny_llama``) uses conf/tuning/full_finetune-tiny_llama.yaml
+(lr 1e-3, 5 warmup steps, cosine to 0.1).
 """
 
 from __future__ import annotations

@@ -13,6 +13,16 @@ saved to `base/` (the frozen weights training used, bit for bit), so the adapter
     python -m framework hardware.nproc_per_node=2                  # two processes under torchrun (gloo)
     python -m framework model=llama3_2_1b model.pretrained=/models/Llama-3.2-1B-Instruct \\
         dataset=jsonl dataset.path=/data/train.jsonl hardware=h200x1
+    python -m framework experiment=llama3_1_8b_lora_h200 lora.use_dora=true    # DoRA; QLoRA: ..._qlora_h200
+
+Trainable: the LoRA (or DoRA) adapters; with ``model.train_embeddings`` (the random-init demo) also copies of the
+embeddings and LM head. Exported: ``adapter/`` and the tokenizer.
+
+Defaults (conf/recipe/lora_llama.yaml) are for a pretrained Llama and come from torchtune's
+``recipes/configs/llama3_1/8B_lora_single_device.yaml``: AdamW lr 3e-4, weight decay 0.01, 100 warmup steps then
+cosine decay to 0, rank 8, alpha 16, dropout 0, adapters on q/v/o and the MLP. The random-init demo
+(``model=tiny_llama`` without ``model.pretrained``) uses conf/tuning/lora_llama-tiny_llama.yaml instead (lr 2e-3,
+dropout 0.05, every linear, 5 warmup steps), which Hydra picks for that recipe x model pair only.
 """
 
 from __future__ import annotations
