@@ -107,21 +107,60 @@ class ModelConfig:
 
 
 @dataclass
+class MixtureSource:
+    """One source of ``dataset=mixture``; every field left null takes the ``dataset.*`` value of the same name."""
+
+    path: str = MISSING  # file, directory of shards or save_to_disk dir (local path or URI)
+    weight: float = 1.0  # share of the training split, by examples (normalized over the sources)
+    name: str | None = None  # label in reports; null: the file name
+    format: str | None = None  # auto | chat | alpaca | prompt_response
+    split: str | None = None  # split of a save_to_disk DatasetDict
+    val_path: str | None = None  # this source's own validation data; null: hold out val_fraction
+    val_fraction: float | None = None  # share of this source held out for validation
+    messages_field: str | None = None  # chat column
+    prompt_field: str | None = None
+    input_field: str | None = None
+    response_field: str | None = None
+    template: str | None = None
+    input_template: str | None = None
+    chat_template: str | None = None
+    train_on: str | None = None
+
+
+@dataclass
 class DatasetConfig:
     name: str = MISSING  # label for logs
-    path: str = MISSING  # JSONL file (local path or URI); one JSON object per line
+    # JSONL, JSON array, parquet or CSV file; a directory of such shards; or a datasets.save_to_disk directory
+    # (local path or URI). Unused by dataset=mixture (see `sources`).
+    path: str | None = MISSING
     tokenizer: str | None = None  # tokenizer shipped with the dataset (used when the model has none)
-    prompt_field: str = "instruction"  # key of the prompt in each JSON object
+    # Row style: auto (detected from the columns, logged) | chat (OpenAI `messages` role/content or ShareGPT
+    # `conversations` from/value) | alpaca (instruction/input/output) | prompt_response (the *_field keys below)
+    format: str = "auto"
+    split: str | None = None  # split of a save_to_disk DatasetDict; null: train (or its only split)
+    messages_field: str | None = None  # chat column; null: `messages` or `conversations`, whichever exists
+    prompt_field: str = "instruction"  # prompt_response: key of the prompt
     input_field: str | None = "input"  # optional extra context key; missing or empty is fine
-    response_field: str = "response"  # key of the target text
+    response_field: str = "response"  # prompt_response: key of the target text
     template: str = "### Instruction:\n{prompt}\n\n### Response:\n"  # {prompt} and {input} are filled in
     input_template: str = "### Instruction:\n{prompt}\n\n### Input:\n{input}\n\n### Response:\n"
-    val_path: str | None = None  # separate validation JSONL; null: split `val_fraction` off `path`
+    # Chat rows: a Jinja template (file path or the template text); null: the tokenizer's chat_template
+    chat_template: str | None = None
+    # Which tokens of a chat carry the loss: assistant (every assistant turn, with its end-of-turn token) |
+    # last_assistant | all (every token). A message's own `weight` (0/1) or `train` (bool) key wins.
+    train_on: str = "assistant"
+    val_path: str | None = None  # separate validation data; null: split `val_fraction` off `path`
     val_fraction: float = 0.05  # share of examples held out for eval when val_path is null
     max_seq_len: int = 512  # tokens per packed training sequence
     packing: bool = True  # pack several examples per sequence (no attention across them)
-    overlong: str = "truncate"  # examples longer than max_seq_len: truncate | drop (counted and reported)
-    cache_dir: str | None = None  # tokenized-data cache; null: ~/.cache/framework/tokenized
+    overlong: str = "truncate"  # examples longer than max_seq_len: truncate | drop (counted per source)
+    max_row_chars: int = 1_000_000  # a row with more text than this is refused (a runaway or corrupt row)
+    # Root of the prepared (tokenized, packed) cache, local or s3://; null: $FRAMEWORK_CACHE/prepared
+    cache_dir: str | None = None
+    require_prepared: bool = (
+        False  # true: training refuses to tokenize; run `python -m framework.prepare` first
+    )
+    sources: list[MixtureSource] = field(default_factory=list)  # dataset=mixture: the weighted sources
 
 
 @dataclass

@@ -126,26 +126,18 @@ class Data:
 
 
 def prepare_data(cfg: DictConfig, tokenizer: Any) -> Data:
+    """The prepared splits (``python -m framework.prepare``), or tokenized here when there are none yet; a
+    node's first local rank then stores them in a local cache root for the next run (framework.data.prepared)."""
+    from framework import storage
+
     ds, tr = cfg.dataset, cfg.train
-    examples, stats = data.load_tokenized(ds.path, tokenizer, ds)
+    write = dist.local_rank() == 0 and not storage.is_remote(data.prepared_root(ds))
+    prepared = data.load_or_prepare(ds, tokenizer, tr.seed, write=write)
     if dist.is_rank0():
-        data.report(stats, ds.path, ds)
-    if ds.val_path:
-        val_examples, vstats = data.load_tokenized(ds.val_path, tokenizer, ds)
-        if dist.is_rank0():
-            data.report(vstats, ds.val_path, ds)
-        train_examples = examples
-    else:
-        train_examples, val_examples = data.split(examples, ds.val_fraction, tr.seed)
-    if not train_examples:
-        raise DataError(f"the train split of {ds.path} is empty (after dropping overlong examples)")
-    if not val_examples and (ds.val_path or ds.val_fraction > 0):
-        raise DataError(
-            f"the validation split of {ds.val_path or ds.path} is empty; raise dataset.val_fraction or add examples"
-        )
+        data.report(prepared)
     pad = tokenizer.pad_token_id
-    train_rows = data.pack(train_examples, ds.max_seq_len, pad, ds.packing, tr.seed)
-    val_rows = data.pack(val_examples, ds.max_seq_len, pad, ds.packing, tr.seed)
+    train_rows = data.Rows(prepared.train, ds.max_seq_len, pad)
+    val_rows = list(data.Rows(prepared.validation, ds.max_seq_len, pad))
     world = dist.world_size()
     batches = data.Batches(train_rows, tr.micro_batch_size, world, dist.rank(), tr.seed)
     if batches.per_epoch == 0:

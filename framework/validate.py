@@ -198,7 +198,9 @@ def dataset_problems(cfg: DictConfig) -> list[str]:
         problems.append(
             f"dataset.max_seq_len={ds.max_seq_len} exceeds model.max_position_embeddings={model_max}"
         )
-    return problems
+    from framework.data.problems import dataset_problems as data_problems  # formats, templates, mixtures
+
+    return problems + data_problems(cfg)
 
 
 def hardware_problems(cfg: DictConfig) -> list[str]:

@@ -67,7 +67,7 @@ def test_malformed_data_names_file_and_line(tmp_path: Path) -> None:
     assert_usage_error(
         ["dataset=jsonl", f"dataset.path={data}", "dataset.tokenizer=pkg://framework.data/sample/tokenizer"],
         tmp_path,
-        f"{data}:2: malformed JSON",
+        f"{data}: cannot be read as json: line 2, column 34: malformed JSON",
     )
 
 

@@ -32,51 +32,67 @@ def write(path: Path, rows: list[object]) -> str:
     return str(path)
 
 
-def test_malformed_line_names_file_and_line(tmp_path: Path) -> None:
+def examples_of(path: str, ds_cfg):
+    ds = ds_cfg.copy()
+    ds.path = path
+    return data.load_tokenized(path, _tok(), ds)
+
+
+def _tok():
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(data.local_path("pkg://framework.data/sample/tokenizer"))
+
+
+def test_malformed_line_names_file_and_line(tmp_path: Path, ds_cfg) -> None:
     f = write(tmp_path / "d.jsonl", [{"instruction": "a", "response": "b"}, "{oops"])
-    with pytest.raises(DataError, match=r"d.jsonl:2: malformed JSON"):
-        data.read_jsonl(f, ("instruction", "response"))
+    with pytest.raises(DataError, match=r"d.jsonl: cannot be read as json: line 2, column 2: malformed JSON"):
+        examples_of(f, ds_cfg)
 
 
-def test_missing_field_names_key_and_line(tmp_path: Path) -> None:
+def test_missing_field_names_key_and_line(tmp_path: Path, ds_cfg) -> None:
     f = write(
         tmp_path / "d.jsonl", [{"instruction": "a", "response": "b"}, {"instruction": "a", "answer": "b"}]
     )
-    with pytest.raises(DataError, match=r"d.jsonl:2: field 'response' must be a string \(missing\)"):
-        data.read_jsonl(f, ("instruction", "response"))
+    with pytest.raises(
+        DataError, match=r"d.jsonl row 2 \(line 2\): field 'response' must be a string \(missing"
+    ):
+        examples_of(f, ds_cfg)
 
 
-def test_missing_and_empty_files(tmp_path: Path) -> None:
+def test_missing_and_empty_files(tmp_path: Path, ds_cfg) -> None:
     with pytest.raises(DataError, match="does not exist; fix dataset.path"):
-        data.read_jsonl(str(tmp_path / "nope.jsonl"), ("instruction",))
+        examples_of(str(tmp_path / "nope.jsonl"), ds_cfg)
     with pytest.raises(DataError, match="holds no examples"):
-        data.read_jsonl(write(tmp_path / "e.jsonl", []), ("instruction",))
+        examples_of(write(tmp_path / "e.jsonl", []), ds_cfg)
 
 
-def test_loss_only_on_response_tokens(ds_cfg, tokenizer) -> None:
-    rows = [{"instruction": "Say hi", "input": "", "response": "hi there"}]
-    (ex,), stats = data.tokenize_rows(rows, tokenizer, ds_cfg)
-    prompt = tokenizer(data.render_prompt(rows[0], ds_cfg), add_special_tokens=False)["input_ids"]
+def test_loss_only_on_response_tokens(tmp_path: Path, ds_cfg, tokenizer) -> None:
+    f = write(tmp_path / "d.jsonl", [{"instruction": "Say hi", "input": "", "response": "hi there"}])
+    (ex,), stats = examples_of(f, ds_cfg)
+    prompt = tokenizer(ds_cfg.template.format(prompt="Say hi"), add_special_tokens=False)["input_ids"]
     assert ex.labels[: len(prompt)] == [data.IGNORE_INDEX] * len(prompt)
     assert ex.labels[len(prompt) :] == ex.input_ids[len(prompt) :]
     assert ex.input_ids[-1] == tokenizer.eos_token_id
     assert stats.examples == 1 and stats.truncated == stats.dropped == 0
 
 
-def test_overlong_truncated_or_dropped_and_counted(ds_cfg, tokenizer) -> None:
+def test_overlong_truncated_or_dropped_and_counted(tmp_path: Path, ds_cfg) -> None:
     long = {"instruction": "x", "input": "", "response": "word " * 400}
     short = {"instruction": "y", "input": "", "response": "ok"}
-    out, stats = data.tokenize_rows([long, short], tokenizer, ds_cfg)
+    f = write(tmp_path / "d.jsonl", [long, short])
+    out, stats = examples_of(f, ds_cfg)
     assert stats.truncated == 1 and len(out) == 2 and len(out[0].input_ids) == ds_cfg.max_seq_len
     ds_drop = ds_cfg.copy()
     ds_drop.overlong = "drop"
-    out, stats = data.tokenize_rows([long, short], tokenizer, ds_drop)
+    out, stats = examples_of(f, ds_drop)
     assert stats.dropped == 1 and len(out) == 1
 
 
-def test_input_field_uses_input_template(ds_cfg) -> None:
-    text = data.render_prompt({"instruction": "Add", "input": "1 and 2", "response": "3"}, ds_cfg)
-    assert "### Input:\n1 and 2" in text
+def test_input_field_uses_input_template(tmp_path: Path, ds_cfg, tokenizer) -> None:
+    f = write(tmp_path / "d.jsonl", [{"instruction": "Add", "input": "1 and 2", "response": "3"}])
+    (ex,), _ = examples_of(f, ds_cfg)
+    assert "### Input:\n1 and 2" in tokenizer.decode(ex.input_ids)
 
 
 def test_split_is_deterministic_and_disjoint() -> None:
@@ -118,15 +134,24 @@ def test_batches_shard_ranks_and_resume_exactly() -> None:
     assert [x.input_ids for x in r0.batch(5)] != [x.input_ids for x in r0.batch(0)]  # new epoch, new order
 
 
-def test_tokenized_cache_is_reused(ds_cfg, tokenizer, tmp_path: Path) -> None:
-    f = write(tmp_path / "d.jsonl", [{"instruction": f"q{i}", "response": f"a{i}"} for i in range(5)])
+def test_prepared_cache_is_keyed_by_content(ds_cfg, tokenizer, tmp_path: Path) -> None:
+    f = write(tmp_path / "d.jsonl", [{"instruction": f"q{i}", "response": f"a{i}"} for i in range(20)])
     ds = ds_cfg.copy()
-    ds.cache_dir = str(tmp_path / "cache")
-    first, _ = data.load_tokenized(f, tokenizer, ds)
-    assert len(list((tmp_path / "cache").glob("*.json"))) == 1
-    (tmp_path / "d.jsonl").write_text("garbage that would fail to parse\n")  # same size? no: content changed
+    ds.path, ds.cache_dir = f, str(tmp_path / "cache")
+    first = data.load_or_prepare(ds, tokenizer, 0, write=True)
+    assert not first.from_cache and len(list((tmp_path / "cache").iterdir())) == 1
+    again = data.load_or_prepare(ds, tokenizer, 0, write=True)
+    assert again.from_cache and again.train.equals(first.train)
+    (tmp_path / "d.jsonl").write_text("garbage that would fail to parse\n")
     with pytest.raises(DataError):
-        data.load_tokenized(f, tokenizer, ds)  # a changed file is a new cache key, so it is re-read
-    write(tmp_path / "d.jsonl", [{"instruction": f"q{i}", "response": f"a{i}"} for i in range(5)])
-    again, _ = data.load_tokenized(f, tokenizer, ds)
-    assert [e.input_ids for e in again] == [e.input_ids for e in first]
+        data.load_or_prepare(
+            ds, tokenizer, 0, write=True
+        )  # a changed file is a new cache key, so it is re-read
+    for key, value in (("max_seq_len", 128), ("packing", False), ("template", "Q: {prompt}\nA: ")):
+        changed = ds.copy()
+        changed.path = write(
+            tmp_path / "d.jsonl", [{"instruction": f"q{i}", "response": f"a{i}"} for i in range(20)]
+        )
+        changed[key] = value
+        assert data.load_or_prepare(changed, tokenizer, 0, write=False).location != first.location, key
+    assert data.load_or_prepare(ds, tokenizer, 1, write=False).location != first.location  # the seed
