@@ -25,6 +25,7 @@ import math
 import os
 import re
 import struct
+import zipfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -154,7 +155,9 @@ def _hub_config(repo_id: str, revision: str | None) -> Checkpoint:
         )
     if path is None and not hub_offline():
         try:
-            path = hf_hub_download(repo_id, "config.json", revision=revision, cache_dir=cache)
+            path = hf_hub_download(
+                repo_id, "config.json", revision=revision, cache_dir=cache, endpoint=hub_endpoint()
+            )
         except Exception as e:  # noqa: BLE001 - every hub failure means the same here: not available
             kind = type(e).__name__
             hint = (
@@ -434,14 +437,36 @@ def apply(cfg: DictConfig, *, explicit: set[str] | None = None, here: bool = Tru
             m.name = default_name(pretrained)
     if changed:
         log.info("model.pretrained=%s: architecture from %s (%s)", pretrained, ckpt.where, ", ".join(changed))
-    if ckpt.local_dir is not None:
-        problems += weight_problems(
-            ckpt.local_dir,
-            values,
-            head_dim=ckpt.config.get("head_dim"),
-            quantized="quantization_config" in ckpt.config,
+    if ckpt.local_dir is None:
+        return problems  # a URI: its weights are checked once downloaded (framework.model.load_pretrained)
+    if ckpt.commit is not None and not has_weights(ckpt.local_dir):
+        # A hub snapshot with config.json only: the rest comes with the first load, if it can.
+        if hub_offline() or not hub_reachable():
+            problems.append(
+                f"model.pretrained={pretrained}: the Hugging Face cache has its config.json but not its weights, "
+                f"and nothing can be downloaded from here: run `hf download {pretrained}` where the hub is "
+                "reachable and point HF_HOME at that cache"
+            )
+        return problems
+    problems += weight_problems(
+        ckpt.local_dir,
+        values,
+        head_dim=ckpt.config.get("head_dim"),
+        quantized="quantization_config" in ckpt.config,
+    )
+    if not m.get("tokenizer") and not any((ckpt.local_dir / f).is_file() for f in TOKENIZER_FILES):
+        problems.append(
+            f"model.pretrained: {ckpt.local_dir} has no tokenizer ({', '.join(TOKENIZER_FILES[:2])}); copy the "
+            "checkpoint's tokenizer files there, or set model.tokenizer to a tokenizer directory"
         )
     return problems
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "vocab.json")
+
+
+def has_weights(directory: Path) -> bool:
+    return any(any(directory.glob(p)) for p in ("*.safetensors", "pytorch_model*.bin", "*.pt"))
 
 
 # ----------------------------------------------------------------------------------------------- weights
@@ -526,6 +551,11 @@ def safetensors_header(path: Path) -> dict[str, Any]:
     return header
 
 
+def _legacy_pickle(path: Path) -> bool:
+    with path.open("rb") as f:
+        return f.read(2) == b"\x80\x02"  # torch < 1.6 wrote a pickle (protocol 2)
+
+
 def weight_problems(
     directory: Path, arch: dict[str, Any], *, head_dim: int | None = None, quantized: bool = False
 ) -> list[str]:
@@ -534,8 +564,15 @@ def weight_problems(
     ``quantized`` (a config.json with quantization_config): shapes are packed, only the files are checked."""
     files = sorted(directory.glob("*.safetensors"))
     if not files:
-        if any(directory.glob("pytorch_model*.bin")) or any(directory.glob("*.pt")):
-            return []  # pickled torch weights: only torch can read them (checked when loaded)
+        pickled = sorted([*directory.glob("pytorch_model*.bin"), *directory.glob("*.pt")])
+        if pickled:
+            # torch's files: only torch reads their content (checked when loaded); a zip archive (or a legacy
+            # pickle) is what torch.save writes: anything else is truncated or not a checkpoint
+            return [
+                f"model.pretrained: {f} is not a torch checkpoint (not a zip archive: truncated or corrupt)"
+                for f in pickled
+                if not zipfile.is_zipfile(f) and not _legacy_pickle(f)
+            ]
         return [
             f"model.pretrained: {directory} has no weights (*.safetensors or pytorch_model*.bin); "
             "copy the whole checkpoint directory, not only its config"
@@ -586,10 +623,38 @@ def local_dir(pretrained: str, revision: str | None = None) -> Path:
     (:func:`framework.storage.local_copy`), a hub id's cached snapshot (downloaded when the hub is reachable)."""
     if is_hub_id(pretrained):
         from huggingface_hub import snapshot_download
-
-        path = snapshot_download(
-            pretrained, revision=revision, cache_dir=hub_cache_dir(), local_files_only=hub_offline()
+        from huggingface_hub.errors import (
+            GatedRepoError,
+            HfHubHTTPError,
+            LocalEntryNotFoundError,
+            RepositoryNotFoundError,
+            RevisionNotFoundError,
         )
+
+        from framework.errors import ConfigError, FrameworkError
+
+        try:
+            path = snapshot_download(
+                pretrained,
+                revision=revision,
+                cache_dir=hub_cache_dir(),
+                local_files_only=hub_offline(),
+                endpoint=hub_endpoint(),
+            )
+        except (GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError) as e:
+            raise ConfigError(
+                f"model.pretrained={pretrained}: {type(e).__name__}: {str(e).splitlines()[0]}; check the id and "
+                "revision, and that HF_TOKEN grants access"
+            ) from e
+        except LocalEntryNotFoundError as e:
+            raise ConfigError(
+                f"model.pretrained={pretrained}: not complete in the Hugging Face cache {hub_cache_dir()} and "
+                f"not downloadable from here: run `hf download {pretrained}` where the hub is reachable"
+            ) from e
+        except (HfHubHTTPError, OSError) as e:  # the hub or the network, not the config: retryable
+            raise FrameworkError(
+                f"model.pretrained={pretrained}: downloading from the hub failed: {e}"
+            ) from e
         return Path(path)
     local = _local(pretrained)
     if local is not None:

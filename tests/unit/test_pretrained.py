@@ -134,7 +134,7 @@ def test_hub_id_resolves_through_a_cache_snapshot(
 
 
 def test_memory_check_uses_the_checkpoint_size(tmp_path: Path) -> None:
-    big = write_checkpoint(tmp_path / "Llama-3.1-8B-Instruct", LLAMA_3_1_8B, tokenizer=False, sparse=True)
+    big = write_checkpoint(tmp_path / "Llama-3.1-8B-Instruct", LLAMA_3_1_8B, sparse=True)
     # The default group is the 0.3M-parameter tiny_llama: only the checkpoint's config.json says 8B.
     found = problems("recipe=full_finetune", "hardware=h200x1", f"model.pretrained={big}")
     assert len(found) == 1 and found[0].startswith("estimated peak memory per GPU"), found
@@ -158,7 +158,7 @@ def test_every_preset_validates_with_its_checkpoint(tmp_path: Path, experiment: 
 
     hub_id = str(as_run(f"experiment={experiment}").model.pretrained)
     arch = LLAMA_3_2_1B if "1B" in hub_id else LLAMA_3_1_8B
-    ckpt = write_checkpoint(tmp_path / hub_id.split("/")[-1], arch, tokenizer=False, sparse=True)
+    ckpt = write_checkpoint(tmp_path / hub_id.split("/")[-1], arch, sparse=True)
     cfg = with_schema(as_run(f"experiment={experiment}", f"model.pretrained={ckpt}"))
     found = validate(cfg, gpu_count=None)
     if cfg.model.load_in_4bit and importlib.util.find_spec("bitsandbytes") is None:
@@ -230,10 +230,87 @@ def test_unreadable_weights_name_the_file(tiny_dir: Path, case: str, expected: s
 
 
 def test_config_that_does_not_match_the_weights_names_file_key_and_shapes(tmp_path: Path) -> None:
-    d = write_checkpoint(tmp_path / "m", {**TINY, "intermediate_size": 128}, tokenizer=False)
+    d = write_checkpoint(tmp_path / "m", {**TINY, "intermediate_size": 128})
     (d / "config.json").write_text(json.dumps(TINY))  # config says 96, the weights have 128
     found = problems(f"model.pretrained={d}")
     assert any(
         "model.safetensors holds layers.0.mlp.gate_proj.weight with shape [128, 32]" in p and "[96, 32]" in p
         for p in found
     ), found
+
+
+@pytest.mark.parametrize("case", ["truncated", "random_bytes"])
+def test_unreadable_torch_bin_weights(tiny_dir: Path, case: str) -> None:
+    (tiny_dir / "model.safetensors").unlink()
+    data = b"PK\x03\x04" + bytes(2000)  # the start of a zip archive, cut off
+    if case == "random_bytes":
+        import numpy as np
+
+        data = np.random.default_rng(2).bytes(2000)
+    (tiny_dir / "pytorch_model.bin").write_bytes(data)
+    found = problems(f"model.pretrained={tiny_dir}")
+    assert any(f"{tiny_dir / 'pytorch_model.bin'} is not a torch checkpoint" in p for p in found), found
+
+
+def test_checkpoint_without_tokenizer(tmp_path: Path) -> None:
+    d = write_checkpoint(tmp_path / "m", tokenizer=False)
+    assert "has no tokenizer" in problems(f"model.pretrained={d}")[0]
+    cfg = checked(f"model.pretrained={d}", "model.tokenizer=pkg://framework.data/sample/tokenizer")
+    assert cfg.model.hidden_size == 32
+
+
+def test_hub_snapshot_with_config_only_offline(
+    tmp_path: Path, tiny_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for f in tiny_dir.iterdir():
+        if f.name != "config.json":
+            f.unlink()
+    write_hub_cache(tmp_path / "hf", "acme/partial", tiny_dir)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    found = problems("model.pretrained=acme/partial")
+    assert "has its config.json but not its weights" in found[0] and "hf download acme/partial" in found[0]
+
+
+def test_hub_id_downloads_when_the_hub_is_reachable(
+    tmp_path: Path, tiny_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.fake_hub import fake_hub
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(
+        "huggingface_hub.constants.HF_HUB_OFFLINE", False
+    )  # read at import (conftest sets it)
+    monkeypatch.setenv("HF_TOKEN", "hf_test_token_123")
+    with fake_hub("acme/TinyLlama-Chat", tiny_dir) as (endpoint, seen):
+        monkeypatch.setenv("HF_ENDPOINT", endpoint)
+        cfg = checked("model.pretrained=acme/TinyLlama-Chat")  # validation fetches config.json only
+        assert (cfg.model.hidden_size, cfg.model.revision) == (32, "f" * 40)
+        assert {p for p, _ in seen} == {"/acme/TinyLlama-Chat/resolve/main/config.json"}
+        snapshot = pretrained.local_dir("acme/TinyLlama-Chat", cfg.model.revision)  # the build downloads all
+    assert snapshot == tmp_path / "hf" / "hub" / "models--acme--TinyLlama-Chat" / "snapshots" / ("f" * 40)
+    assert (snapshot / "model.safetensors").read_bytes() == (tiny_dir / "model.safetensors").read_bytes()
+    assert seen and all(auth == "Bearer hf_test_token_123" for _, auth in seen)
+
+
+def test_s3_checkpoint_config_at_validation_and_weights_checked_once_downloaded(
+    s3_bucket: str, tmp_path: Path
+) -> None:
+    from framework import storage
+    from framework.model import load_pretrained
+
+    src = write_checkpoint(tmp_path / "Tiny-S3", {**TINY, "tie_word_embeddings": False})
+    uri = f"{s3_bucket}/models/Tiny-S3"
+    storage.upload_dir(src, uri)
+    cfg = checked("model=llama3_2_1b", f"model.pretrained={uri}")
+    assert (cfg.model.hidden_size, cfg.model.tie_word_embeddings, cfg.model.name) == (32, False, "Tiny-S3")
+    model = load_pretrained(cfg, dtype=None)
+    assert model.config.hidden_size == 32
+
+    blob = (src / "model.safetensors").read_bytes()
+    storage.write_bytes_atomic(f"{uri}-cut/model.safetensors", blob[: len(blob) - 64])
+    storage.put_file(src / "config.json", f"{uri}-cut/config.json")
+    cut = checked(f"model.pretrained={uri}-cut", "model.tokenizer=pkg://framework.data/sample/tokenizer")
+    with pytest.raises(ConfigError, match="truncated"):
+        load_pretrained(cut, dtype=None)
