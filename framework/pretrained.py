@@ -34,6 +34,7 @@ from typing import Any
 from omegaconf import DictConfig, open_dict, read_write
 
 from framework.config import Config, conf_dir, package_path
+from framework.errors import FrameworkError
 
 log = logging.getLogger("framework")
 
@@ -145,7 +146,13 @@ def _hub_config(repo_id: str, revision: str | None) -> Checkpoint:
     from huggingface_hub import hf_hub_download, try_to_load_from_cache
 
     cache = hub_cache_dir()
-    cached = try_to_load_from_cache(repo_id, "config.json", cache_dir=cache, revision=revision)
+    try:
+        cached = try_to_load_from_cache(repo_id, "config.json", cache_dir=cache, revision=revision)
+    except ValueError as e:  # HFValidationError
+        raise ValueError(
+            f"{repo_id} does not exist locally and is not a valid Hugging Face model id ({e}); point "
+            "model.pretrained at a model directory, an s3:// URI or an org/name id"
+        ) from e
     path = cached if isinstance(cached, str) else None
     if path is None and not hub_offline() and not hub_reachable():
         raise Unavailable(
@@ -220,6 +227,8 @@ def read_config(pretrained: str, revision: str | None = None) -> Checkpoint:
         ) from e
     except UnicodeDecodeError as e:
         raise ValueError(f"{uri} is not UTF-8 text; restore the checkpoint's config.json") from e
+    except storage.StorageError as e:  # unreachable, access denied: storage's message names the fix
+        raise Unavailable(str(e)) from e
     return Checkpoint(uri, _parse(text, uri), None)
 
 
@@ -395,10 +404,12 @@ def apply(cfg: DictConfig, *, explicit: set[str] | None = None, here: bool = Tru
                 "model.pretrained=%s: not readable here (%s); the job reads it where it runs", pretrained, e
             )
             return []
+        if isinstance(e.__cause__, FrameworkError):
+            raise e.__cause__ from None  # storage down or denied: a runtime failure (exit 1, retried), not config
         return [f"model.pretrained={pretrained}: {e}"]
     except ValueError as e:
         return [f"model.pretrained={pretrained}: {e}"]
-    except OSError as e:  # storage errors (unreachable, access denied) name the URI and the fix
+    except OSError as e:  # a local file that cannot be read (permissions, I/O)
         return [f"model.pretrained={pretrained}: {e}"]
     values, problems = architecture(ckpt)
     if problems:

@@ -314,3 +314,18 @@ def test_s3_checkpoint_config_at_validation_and_weights_checked_once_downloaded(
     cut = checked(f"model.pretrained={uri}-cut", "model.tokenizer=pkg://framework.data/sample/tokenizer")
     with pytest.raises(ConfigError, match="truncated"):
         load_pretrained(cut, dtype=None)
+
+
+def test_unreadable_storage_is_left_to_the_pod_or_a_runtime_error(s3_bucket: str) -> None:
+    from framework.storage import StorageError
+
+    cfg = with_schema(as_run("model.pretrained=s3://no-such-bucket-for-this-test/m"))
+    assert pretrained.apply(cfg, here=False) == []  # Kubernetes: the pods read it with their credentials
+    assert cfg.model.name == "tiny_llama"
+    with pytest.raises(StorageError, match="does not exist"):
+        pretrained.apply(cfg, here=True)  # here: exit 1 (retryable), not a config error
+
+
+def test_neither_a_path_nor_a_hub_id() -> None:
+    found = problems("model.pretrained=acme--x/y..")
+    assert "does not exist locally and is not a valid Hugging Face model id" in found[0]
