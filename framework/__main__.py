@@ -105,6 +105,7 @@ def spawn_torchrun(cfg: DictConfig, run_dir: str) -> dict[str, Any]:
 
 def task(cfg: DictConfig) -> dict[str, Any]:
     """The Hydra task: validate, then run the recipe here, or fan out under torchrun or Ray Train."""
+    from framework.launcher_config import sweep_output_uri
     from framework.train import run_dir_for
 
     if dist.under_torchrun() and int(os.environ.get("RANK", "0")) != 0:
@@ -114,6 +115,8 @@ def task(cfg: DictConfig) -> dict[str, Any]:
         if _validate_only:
             return validate_only(cfg)
         cfg = check(cfg, gpu_count=_gpu_count)
+        if multirun and cfg.storage.output_uri:  # a sweep job: its own run dir, recorded in its config
+            cfg.storage.output_uri = sweep_output_uri(str(cfg.storage.output_uri), HydraConfig.get().job.num)
         run_dir = run_dir_for(cfg)
         if cfg.launcher.name == "local" and cfg.hardware.nproc_per_node > 1 and not dist.under_torchrun():
             return spawn_torchrun(cfg, run_dir)

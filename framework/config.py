@@ -171,8 +171,19 @@ class HardwareConfig:
     accelerator: str = "cpu"  # cpu | cuda
     resource_name: str | None = None  # extended resource requested per pod, e.g. nvidia.com/gpu
     gpus_per_node: int = 0  # count of resource_name per pod
-    cpu: str = "2"  # CPU per pod (Kubernetes quantity)
-    memory: str = "8Gi"  # memory per pod (Kubernetes quantity)
+    cpu: str = (
+        "2"  # the node's allocatable CPU (Kubernetes quantity); pods request allocatable_fraction of it
+    )
+    memory: str = "8Gi"  # the node's allocatable memory (Kubernetes quantity); pods request the same fraction
+    # share of cpu/memory a pod requests (= limits, Guaranteed QoS); the rest is for daemonsets (GPU operator,
+    # DCGM exporter, CNI, log agents)
+    allocatable_fraction: float = 0.9
+    extra_resources: dict[str, int] = field(
+        default_factory=dict
+    )  # e.g. {rdma/ib: 1}, {vpc.amazonaws.com/efa: 32}
+    nccl_env: dict[str, str] = field(
+        default_factory=dict
+    )  # NCCL/EFA env of the profile (launcher.env overrides)
     shm_size: str = "1Gi"  # /dev/shm size per pod (memory-backed emptyDir)
     precision: str = "fp32"  # fp32 | bf16 | fp16
     zero_stage: int = 0  # DeepSpeed ZeRO stage: 0 | 1 | 2 | 3

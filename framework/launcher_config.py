@@ -10,8 +10,9 @@ from typing import Any
 class LauncherConfig:
     name: str = "local"  # local | kubernetes | ray
     # --- kubernetes (ignored by the local launcher) ---
-    backend: str = "indexed_job"  # indexed_job | jobset | pytorchjob | trainjob
-    namespace: str = "default"  # namespace the job is created in
+    # jobset (default: gang restart per incident) | indexed_job | pytorchjob | trainjob; README "Failure semantics"
+    backend: str = "jobset"
+    namespace: str | None = None  # null: the kubeconfig context's namespace (as kubectl), else "default"
     context: str | None = None  # kubeconfig context; null: current context, or in-cluster config
     image: str = "ghcr.io/example/framework:latest"  # training image (dockerfiles/Dockerfile)
     image_pull_policy: str = "IfNotPresent"  # Always | IfNotPresent | Never
@@ -21,13 +22,17 @@ class LauncherConfig:
     max_parallel: int = 4  # sweep jobs in flight at once (while following; follow=false submits all)
     follow: bool = True  # stream rank-0 logs and wait for the outcome
     cancel_on_interrupt: str = "ask"  # Ctrl-C: ask | yes (delete the job) | no (leave it running)
-    backoff_limit: int = 3  # pod retries (exit 143 and disruptions are not counted)
+    backoff_limit: int = (
+        3  # gang restarts allowed, one per incident (exit 143 and disruptions are not counted)
+    )
     active_deadline_s: int | None = None  # hard wall-clock limit of the job, seconds; null: none
     ttl_after_finished_s: int = 86400  # finished jobs are deleted after this many seconds
-    termination_grace_s: int = 30  # SIGTERM to SIGKILL, seconds (the run saves within this)
+    # SIGTERM to SIGKILL, seconds; null: derived from the checkpoint size and storage (README "Grace period")
+    termination_grace_s: int | None = None
     master_port: int = 29500  # c10d rendezvous port on the rank-0 pod
     run_dir: str = "/workspace/runs"  # run directory root inside pods when storage.output_uri is null
-    pvcs: dict[str, str] = field(default_factory=dict)  # PVC claim name -> mount path
+    run_dir_pvc: str | None = "framework-outputs"  # PVC mounted at run_dir (the chart's): durable run dirs
+    pvcs: dict[str, str] = field(default_factory=dict)  # more PVCs: claim name -> mount path
     env: dict[str, str] = field(default_factory=dict)  # extra plain env vars (never secrets)
     secret_env: dict[str, str] = field(default_factory=dict)  # ENV_VAR -> "secret-name:key" (secretKeyRef)
     env_from_secrets: list[str] = field(default_factory=list)  # Secrets mounted whole via envFrom
@@ -35,6 +40,9 @@ class LauncherConfig:
     s3_secret: str | None = None  # Secret with AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (envFrom)
     labels: dict[str, str] = field(default_factory=dict)  # extra labels on every object
     annotations: dict[str, str] = field(default_factory=dict)  # extra pod annotations
+    job_annotations: dict[str, str] = field(default_factory=dict)  # extra annotations on the job object
+    networks: list[str] = field(default_factory=list)  # Multus NetworkAttachmentDefinitions for extra NICs
+    exclusive_topology: str | None = None  # JobSet: one replicated job per <node label> domain, e.g. a rack
     prometheus_monitor: str = "annotations"  # with tracking.prometheus.enabled: annotations | podmonitor
     setup_namespace: bool = False  # also render ServiceAccount, Role, RoleBinding, NetworkPolicy
     extra: dict[str, Any] = field(default_factory=dict)  # {pod_spec: {...}, job_spec: {...}} merged in
@@ -65,3 +73,8 @@ class LauncherConfig:
     run_dir_shared: bool = False  # a local run dir is a path every Ray node mounts (NFS, RWX PVC)
     ray_python: str = "python"  # interpreter on the Ray cluster that has the framework installed
     ray_memory_fraction: float = 0.6  # share of hardware.memory requested from Ray (it keeps ~30%)
+
+
+def sweep_output_uri(uri: str, job_num: int) -> str:
+    """``<storage.output_uri>/<job num>``: each job of a sweep its own run dir (and checkpoints), any launcher."""
+    return f"{uri.rstrip('/')}/{job_num}"

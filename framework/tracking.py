@@ -31,6 +31,7 @@ from collections import deque
 from collections.abc import Mapping
 from typing import Any, Protocol
 
+from framework.secrets import name_looks_secret, value_looks_secret
 from framework.tracking_config import MlflowConfig, TrackingConfig, WandbConfig, tracking_problems
 
 log = logging.getLogger(__name__)
@@ -38,11 +39,6 @@ log = logging.getLogger(__name__)
 RUN_STATUSES = ("FINISHED", "FAILED", "KILLED")
 MLFLOW_DIR, MLFLOW_DB = "mlflow", "mlflow.db"  # the default store: sqlite:///<run_dir>/mlflow/mlflow.db
 INSTALL_FIX = "pip install 'framework[tracking]'"
-# Config keys whose values are never logged (tokenizer entries such as pad_token are not secrets).
-_SECRET_KEY = re.compile(
-    r"^token$|api_?key|secret|passw(or)?d|credential|private_key|(access|auth|api|hf|bearer|refresh)_token",
-    re.IGNORECASE,
-)
 REDACTED = "<redacted>"
 
 
@@ -69,14 +65,14 @@ class Tracker(Protocol):
 def flatten_config(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     """Nested mappings to dotted keys (``{"optim": {"lr": 1}}`` -> ``{"optim.lr": 1}``); lists stay values.
 
-    Values of keys that look like secrets (``*_token``, ``password``, ``api_key``, ...) are redacted.
+    Values that look like secrets, by key name or by shape (framework.secrets), are redacted.
     """
     flat: dict[str, Any] = {}
     for key, value in config.items():
         dotted = f"{prefix}{key}"
         if isinstance(value, Mapping) and value:
             flat.update(flatten_config(value, dotted + "."))
-        elif _SECRET_KEY.search(str(key)) and value not in (None, ""):
+        elif value not in (None, "") and (name_looks_secret(str(key)) or value_looks_secret(value)):
             flat[dotted] = REDACTED
         else:
             flat[dotted] = value

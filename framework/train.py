@@ -280,6 +280,11 @@ class StopFlag:
 
     signum: int = 0
     previous: dict[int, Any] = field(default_factory=dict)
+    at: float = 0.0  # monotonic time of the first signal
+    # A pod-wide SIGTERM reaches each worker twice (directly, and forwarded by torchrun) within moments: the
+    # copy is ignored, or the worker would die mid-collective without a checkpoint. Only a deliberate second
+    # interrupt (Ctrl-C twice, or SIGTERM again later) exits at once.
+    duplicate_window_s: float = 5.0
 
     def install(self) -> None:
         import threading
@@ -291,9 +296,12 @@ class StopFlag:
 
     def _handle(self, signum: int, frame: Any) -> None:
         if self.signum:
+            if signum == signal.SIGTERM and time.monotonic() - self.at < self.duplicate_window_s:
+                log.info("Ignoring a duplicate SIGTERM (already stopping at the next step boundary)")
+                return
             # Second signal: leave at once. `latest` is written atomically, so it is never half-written.
             raise SystemExit(128 + signum)
-        self.signum = signum
+        self.signum, self.at = signum, time.monotonic()
         log.warning("Received signal %d: saving a checkpoint at the next step boundary, then exiting", signum)
 
     def restore(self) -> None:
@@ -511,6 +519,8 @@ def train(
             log.info("Resumed from %s at step %d", source, step)
             run.fetch_metrics()
             run.truncate_metrics(step)
+    elif rank0:  # a fresh start: lines of an earlier attempt that left no checkpoint would repeat its steps
+        run.truncate_metrics(after_step=-1)  # keeps no line
     if rank0:
         # Only now: a start that fails earlier leaves an earlier attempt's config.yaml as it was.
         run.write_config(cfg)

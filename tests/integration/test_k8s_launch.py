@@ -23,7 +23,8 @@ from tests.helpers import ROOT, run_cli
 from tests.k8s.fake_apiserver import FakeKube, Obj, simulate
 
 pytestmark = pytest.mark.integration
-FAST = ["launcher=kubernetes", "launcher.poll_interval_s=0.2"]
+# Launcher behaviour, on the backend the fake plays simplest (the operator backends: test_operator_backends).
+FAST = ["launcher=kubernetes", "launcher.poll_interval_s=0.2", "launcher.backend=indexed_job"]
 
 
 @pytest.fixture

@@ -33,7 +33,7 @@ TINY = (
     "train.eval_max_batches=2",
     "train.progress=false",
     "dataset.max_seq_len=128",
-    "+launcher.pvcs.runs=/workspace/runs",  # a shared run dir, as a ReadWriteMany PVC would be
+    "launcher.run_dir_pvc=runs",  # a shared run dir, as a ReadWriteMany PVC would be
 )
 # Host env the pods may keep: offline hub (no network here), and DeepSpeed's compiled CPU op cache (~30 s a build).
 KEEP = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "TORCH_EXTENSIONS_DIR")

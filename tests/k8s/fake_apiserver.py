@@ -418,6 +418,16 @@ class _Handler(BaseHTTPRequestHandler):
                 self._error(
                     404, f'{resource} "{name}" not found', {"name": name, "group": group, "kind": plural}
                 )
+        elif method == "PATCH":  # JSON merge patch (RFC 7386), what the client sends
+            if self.headers.get("Content-Type") != "application/merge-patch+json":
+                self._error(415, f"unsupported patch type {self.headers.get('Content-Type')}")
+            elif kube.get(plural, ns, name) is None:
+                self._error(
+                    404, f'{resource} "{name}" not found', {"name": name, "group": group, "kind": plural}
+                )
+            else:
+                kube.update(plural, ns, name, lambda o: _merge_patch(o, body))
+                self._send(200, kube.get(plural, ns, name))
         else:
             self._error(405, f"{method} is not supported by the fake API server")
 
@@ -613,6 +623,16 @@ def make_pods(kube: FakeKube, job: Obj, attempt: int = 0) -> list[str]:
             )
             names.append(pod_name)
     return names
+
+
+def _merge_patch(target: Obj, patch: Any) -> None:
+    for key, value in (patch or {}).items():
+        if value is None:
+            target.pop(key, None)
+        elif isinstance(value, dict) and isinstance(target.get(key), dict):
+            _merge_patch(target[key], value)
+        else:
+            target[key] = value
 
 
 def set_pods(kube: FakeKube, ns: str, pods: list[str], status: Obj) -> None:

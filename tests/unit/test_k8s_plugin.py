@@ -73,13 +73,18 @@ def test_dry_run_writes_valid_manifests(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     ((path, objs),) = manifests(tmp_path)
-    assert path.parent.name == "0" and "kubectl apply -f" in proc.stdout
-    assert [o["kind"] for o in objs] == ["ConfigMap", "Service", "Job"]
+    assert (
+        path.parent.name == "0" and "kubectl apply -f" in proc.stdout and "framework-jobs gc" in proc.stdout
+    )
+    assert [o["kind"] for o in objs] == ["ConfigMap", "JobSet"]  # the default backend
     assert [e for o in objs for e in schemas.errors(o)] == []
     job = objs[-1]
-    assert job["spec"]["completions"] == 2
-    assert job["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "8"
+    child = job["spec"]["replicatedJobs"][0]["template"]["spec"]
+    assert child["completions"] == 2
+    assert child["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "8"
     assert len(job["metadata"]["labels"]["framework.io/git-commit"]) == 40
+    # the warnings a live submit prints, printed by the dry run too
+    assert "launcher.image=ghcr.io/example/framework:latest is not pinned" in proc.stderr + proc.stdout
 
 
 def test_dry_run_sweep_writes_one_job_per_point(tmp_path: Path) -> None:
@@ -130,7 +135,14 @@ def test_launch_follows_the_job_to_success(tmp_path: Path, kube: FakeKube) -> No
     kube.on_create.append(simulate("succeed", pending="Unschedulable"))
     env = {"KUBECONFIG": str(kube.write_kubeconfig(tmp_path / "kubeconfig"))}
     proc = run_cli(
-        ["launcher=kubernetes", "hardware.nodes=2", "launcher.poll_interval_s=0.2"], tmp_path, env=env
+        [
+            "launcher=kubernetes",
+            "hardware.nodes=2",
+            "launcher.poll_interval_s=0.2",
+            "launcher.backend=indexed_job",
+        ],
+        tmp_path,
+        env=env,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "step 1 loss 2.0\nstep 2 loss 1.5\ndone" in proc.stdout  # rank 0's log, streamed

@@ -32,7 +32,7 @@ RICH = (
     "launcher.hf_token_secret=hf-token:token",
     "launcher.s3_secret=s3-credentials",
     "+launcher.secret_env.WANDB_API_KEY=wandb:api-key",
-    "+launcher.pvcs.training-runs=/workspace/runs",
+    "launcher.run_dir_pvc=training-runs",
     "+launcher.env.TOKENIZERS_PARALLELISM='false'",
     "launcher.image=registry.example.com/ml/framework:1.2.3",
     "launcher.image_pull_secrets=[regcred]",
@@ -113,7 +113,7 @@ def test_crd_check_catches_unknown_fields() -> None:
     js = by_kind(rendered("launcher.backend=jobset"), "JobSet")
     js["spec"]["failurePolicy"]["maxRestart"] = 3  # typo: a real API server would silently drop it
     assert any("maxRestart" in p for p in schemas.errors(js))
-    job = by_kind(rendered(), "Job")
+    job = by_kind(rendered("launcher.backend=indexed_job"), "Job")
     job["spec"]["completionsMode"] = "Indexed"
     assert schemas.errors(job)
 
@@ -234,9 +234,15 @@ def test_service_account_token_only_when_asked() -> None:
     assert spec["automountServiceAccountToken"] is True
 
 
-def test_run_dir_without_pvc_is_an_emptydir_and_output_uri_wins() -> None:
+def test_run_dir_is_durable_by_default_and_output_uri_wins() -> None:
     objs = rendered()
-    assert _render.run_dir_is_ephemeral(objs)
+    assert not _render.run_dir_is_ephemeral(objs)  # the chart's framework-outputs PVC at launcher.run_dir
+    volumes = pod_templates(_render.main_object(objs))[0]["spec"]["volumes"]
+    assert {
+        "name": "pvc-framework-outputs",
+        "persistentVolumeClaim": {"claimName": "framework-outputs"},
+    } in volumes
+    assert _render.run_dir_is_ephemeral(rendered("launcher.run_dir_pvc=null", "launcher.backoff_limit=0"))
     objs = rendered("storage=s3", "storage.output_uri=s3://bucket/runs/x")
     main = _render.main_object(objs)
     assert main["metadata"]["annotations"]["framework.io/run-dir"] == "s3://bucket/runs/x"
@@ -246,13 +252,16 @@ def test_run_dir_without_pvc_is_an_emptydir_and_output_uri_wins() -> None:
 def test_resources_from_the_hardware_profile() -> None:
     main = _render.main_object(rendered(*RICH))
     res = container(main)["resources"]
-    assert res["requests"] == res["limits"] == {"cpu": "90", "memory": "900Gi", "nvidia.com/gpu": "8"}
+    # 0.9 (hardware.allocatable_fraction) of the p4d node's 96 CPU / 1152Gi: room for the daemonsets
+    assert res["requests"] == res["limits"] == {"cpu": "86400m", "memory": "1061683Mi", "nvidia.com/gpu": "8"}
     spec = pod_templates(main)[0]["spec"]
     assert spec["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB"}
     assert spec["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
     assert spec["imagePullSecrets"] == [{"name": "regcred"}]
     cpu = container(_render.main_object(rendered("hardware=cpu")))["resources"]["limits"]
-    assert cpu == {"cpu": "2", "memory": "8Gi"}
+    assert cpu == {"cpu": "1800m", "memory": "7372Mi"}
+    whole = container(_render.main_object(rendered("hardware=cpu", "hardware.allocatable_fraction=1.0")))
+    assert whole["resources"]["limits"] == {"cpu": "2", "memory": "8Gi"}
 
 
 # --------------------------------------------------------------------------------------- rendezvous env
@@ -298,7 +307,7 @@ def test_rendezvous_env_and_command(backend: str) -> None:
 
 
 def test_backend_shapes() -> None:
-    objs = rendered("hardware=a100x8", "hardware.nodes=3")
+    objs = rendered("hardware=a100x8", "hardware.nodes=3", "launcher.backend=indexed_job")
     job, svc = by_kind(objs, "Job"), by_kind(objs, "Service")
     name = job["metadata"]["name"]
     assert job["spec"]["completionMode"] == "Indexed"
@@ -329,13 +338,18 @@ def test_backend_shapes() -> None:
 def test_failure_policy() -> None:
     job = by_kind(
         rendered(
-            "launcher.backoff_limit=5", "launcher.active_deadline_s=3600", "launcher.ttl_after_finished_s=60"
+            "launcher.backend=indexed_job",
+            "hardware.nodes=2",
+            "launcher.backoff_limit=5",
+            "launcher.active_deadline_s=3600",
+            "launcher.ttl_after_finished_s=60",
         ),
         "Job",
     )
     spec = job["spec"]
+    assert spec["podReplacementPolicy"] == "Failed"
     assert (
-        spec["backoffLimit"] == 5
+        spec["backoffLimit"] == 5 * 2  # pod failures: one incident fails each of the 2 pods once
         and spec["activeDeadlineSeconds"] == 3600
         and spec["ttlSecondsAfterFinished"] == 60
     )
@@ -353,6 +367,7 @@ def test_failure_policy() -> None:
 
     js = by_kind(rendered("launcher.backend=jobset", "launcher.backoff_limit=5"), "JobSet")
     assert js["spec"]["failurePolicy"]["maxRestarts"] == 5
+    assert js["spec"]["failurePolicy"]["restartStrategy"] == "BlockingRecreate"
     assert js["spec"]["failurePolicy"]["rules"][0]["onJobFailureReasons"] == ["PodFailurePolicy"]
     child = js["spec"]["replicatedJobs"][0]["template"]["spec"]
     assert child["backoffLimit"] == 0 and child["podFailurePolicy"] == spec["podFailurePolicy"]
@@ -363,6 +378,11 @@ def test_failure_policy() -> None:
     )
     assert pj["spec"]["runPolicy"]["activeDeadlineSeconds"] == 3600
     assert {r["restartPolicy"] for r in pj["spec"]["pytorchReplicaSpecs"].values()} == {"ExitCode"}
+    env = {e["name"]: e.get("value") for e in container(pj)["env"]}
+    assert (
+        env["FRAMEWORK_CRASH_EXIT"] == "200" and env["FRAMEWORK_RESTART_BUDGET"] == "3"
+    )  # the budget holder
+    assert env["FRAMEWORK_RUN_DIR"] == f"/workspace/runs/{pj['metadata']['name']}"
 
 
 # ------------------------------------------------------------------------------------- names and labels
@@ -434,7 +454,10 @@ def test_configmap_holds_the_resolved_config_that_the_pods_validate() -> None:
 # ------------------------------------------------------------------------------------- namespace set-up
 def test_setup_namespace_rbac_is_minimal() -> None:
     objs = rendered(
-        "launcher.setup_namespace=true", "launcher.namespace=team-a", "launcher.egress_cidrs=[10.1.0.0/16]"
+        "launcher.setup_namespace=true",
+        "launcher.namespace=team-a",
+        "launcher.egress_cidrs=[10.1.0.0/16]",
+        "launcher.backend=indexed_job",
     )
     sa, role, rb, np = (by_kind(objs, k) for k in ("ServiceAccount", "Role", "RoleBinding", "NetworkPolicy"))
     assert sa["metadata"]["name"] == "framework-launcher" and sa["metadata"]["namespace"] == "team-a"
@@ -475,7 +498,7 @@ PROM = ("launcher=kubernetes", "hardware=a100x8", "hardware.nodes=2", "tracking.
 
 
 def test_prometheus_port_and_scrape_annotations() -> None:
-    objs = rendered(*PROM)
+    objs = rendered(*PROM, "launcher.backend=indexed_job")
     job = by_kind(objs, "Job")
     ports = {p["name"]: p["containerPort"] for p in container(job)["ports"]}
     assert ports["metrics"] == 9400

@@ -16,11 +16,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from hydra_plugins.kubernetes_launcher import _trainjob
-from hydra_plugins.kubernetes_launcher._names import COMPLETION_INDEX
+from hydra_plugins.kubernetes_launcher._names import COMPLETION_INDEX, pod_run_dir
 
 Manifest = dict[str, Any]
 EXIT_PERMANENT = 2  # DESIGN.md: bad config or data, never retried
 EXIT_PREEMPTED = 143  # DESIGN.md: SIGTERM after a checkpoint, retryable
+# PyTorchJob's ExitCode policy retries 128-255 only: there a crash exits this instead of 1 (framework-torchrun).
+EXIT_CRASH_RETRYABLE = 200
 JOBSET_REPLICATED_JOB = "node"  # JobSet pods: <jobset>-node-0-<node rank>
 PYTORCHJOB_REPLICA_TYPE = "training.kubeflow.org/replica-type"
 PYTORCHJOB_REPLICA_INDEX = "training.kubeflow.org/replica-index"
@@ -56,6 +58,13 @@ class Backend:
     node_rank_env: bool = True  # NODE_RANK from the pod's completion-index annotation
     headless_service: bool = False  # the launcher renders Service <job> and the pods set subdomain=<job>
     suspend_path: tuple[str, ...] = ("suspend",)  # where the spec says suspend (Kueue creates jobs suspended)
+    # Env the pods need for this backend's failure semantics (JobParts -> env entries), after the launcher's own.
+    pod_env: Callable[[Any, str], list[dict[str, Any]]] = lambda cfg, name: []
+    semantics: str = ""  # how a failure is handled, one line for the README and `framework-jobs`
+    # What a dry run and a submit both print about this backend for a config (resolved plain data)
+    warnings: Callable[[Mapping[str, Any]], list[str]] = lambda plain: []
+    # The job-object annotation that takes launcher.exclusive_topology (None: the backend has no such placement)
+    exclusive_topology_annotation: str | None = None
 
     @property
     def api_version(self) -> str:
@@ -101,6 +110,9 @@ def indexed_job_spec(parts: JobParts, backoff_limit: int, container: str = "trai
         "parallelism": nodes,
         "backoffLimit": backoff_limit,
         "podFailurePolicy": pod_failure_policy(container),
+        # A replacement pod starts only once the pod it replaces has terminated: it never rendezvouses with a
+        # pod that is still shutting down (the default with podFailurePolicy; stated for the reader).
+        "podReplacementPolicy": "Failed",
         "template": parts.template,
     }
     if launcher.active_deadline_s:
@@ -109,7 +121,11 @@ def indexed_job_spec(parts: JobParts, backoff_limit: int, container: str = "trai
 
 
 def _job_spec(parts: JobParts) -> dict[str, Any]:
-    spec = indexed_job_spec(parts, int(parts.cfg.launcher.backoff_limit))
+    # The Job controller counts failed pods, not incidents, and has no gang restart: one crash breaks every
+    # pod's collectives, so each of the N pods fails once and is replaced. backoffLimit = budget x nodes makes
+    # one such incident consume one unit of launcher.backoff_limit (JobSet counts incidents natively).
+    budget, nodes = int(parts.cfg.launcher.backoff_limit), int(parts.cfg.hardware.nodes)
+    spec = indexed_job_spec(parts, budget * nodes)
     spec["ttlSecondsAfterFinished"] = int(parts.cfg.launcher.ttl_after_finished_s)
     return spec
 
@@ -134,7 +150,9 @@ def _jobset_spec(parts: JobParts) -> dict[str, Any]:
     return {
         "network": {"enableDNSHostnames": True, "publishNotReadyAddresses": True},
         "failurePolicy": {
-            "maxRestarts": int(launcher.backoff_limit),
+            "maxRestarts": int(launcher.backoff_limit),  # one JobSet restart per incident, whatever failed
+            # Recreate every child job only once all old pods are gone: no rendezvous with terminating pods.
+            "restartStrategy": "BlockingRecreate",
             "rules": [
                 {  # exit 2 made the child Job fail through its podFailurePolicy: permanent
                     "name": "FailOnPermanentError",
@@ -176,7 +194,10 @@ def _pytorchjob_spec(parts: JobParts) -> dict[str, Any]:
     }
     if launcher.active_deadline_s:
         run_policy["activeDeadlineSeconds"] = int(launcher.active_deadline_s)
-    # ExitCode: 1-127 are permanent (2 = bad config), 128-255 retryable (143 = preempted after a checkpoint).
+    # ExitCode: 1-127 are permanent (2 = bad config), 128-255 retryable (143 preempted, 137 OOM-killed, and a
+    # crash, which framework-torchrun exits as EXIT_CRASH_RETRYABLE here). The operator deletes and recreates a
+    # pod that exited retryably, and the others follow as their collectives break: the gang restarts. It ignores
+    # backoffLimit for ExitCode replicas, so node rank 0's framework-torchrun keeps the budget (_pytorchjob_env).
     replicas = {"Master": {"replicas": 1, "restartPolicy": "ExitCode", "template": parts.template}}
     if int(hw.nodes) > 1:
         replicas["Worker"] = {
@@ -185,6 +206,24 @@ def _pytorchjob_spec(parts: JobParts) -> dict[str, Any]:
             "template": parts.template,
         }
     return {"nprocPerNode": str(hw.nproc_per_node), "runPolicy": run_policy, "pytorchReplicaSpecs": replicas}
+
+
+def _pytorchjob_env(cfg: Any, name: str) -> list[dict[str, Any]]:
+    return [
+        {"name": "FRAMEWORK_CRASH_EXIT", "value": str(EXIT_CRASH_RETRYABLE)},
+        {"name": "FRAMEWORK_RESTART_BUDGET", "value": str(int(cfg.launcher.backoff_limit))},
+        {"name": "FRAMEWORK_RUN_DIR", "value": pod_run_dir(cfg, name)},
+    ]
+
+
+def _pytorchjob_warnings(plain: Mapping[str, Any]) -> list[str]:
+    if int(plain["hardware"]["nodes"]) < 2:
+        return []
+    return [
+        "backend=pytorchjob: the training-operator injects an init container (init-pytorch: alpine, no "
+        "securityContext) into Worker pods, which a namespace enforcing the restricted Pod Security Standard "
+        "rejects; use backend=jobset there"
+    ]
 
 
 def _pytorchjob_phase(
@@ -224,6 +263,8 @@ BACKENDS: dict[str, Backend] = {
             phase=_job_phase,
             node_rank=_completion_index,
             headless_service=True,
+            semantics="restart budget x nodes pod failures (no gang restart of its own: the peers of a crashed "
+            "pod fail and are replaced); exit 2 fails the Job; 143 and disruptions are not counted",
         ),
         Backend(
             name="jobset",
@@ -238,6 +279,9 @@ BACKENDS: dict[str, Backend] = {
             pod_templates=lambda spec: [rj["template"]["spec"]["template"] for rj in spec["replicatedJobs"]],
             phase=_jobset_phase,
             node_rank=_completion_index,
+            exclusive_topology_annotation="alpha.jobset.sigs.k8s.io/exclusive-topology",
+            semantics="any pod failure restarts the whole gang (BlockingRecreate), one restart per incident up to "
+            "maxRestarts; exit 2 fails the JobSet; 143 and disruptions are not counted",
         ),
         Backend(
             name="pytorchjob",
@@ -262,6 +306,10 @@ BACKENDS: dict[str, Backend] = {
             port_name="pytorchjob-port",
             node_rank_arg="$(RANK)",
             node_rank_env=False,
+            pod_env=_pytorchjob_env,
+            warnings=_pytorchjob_warnings,
+            semantics="ExitCode: a crash (exit 200), 137 and 143 recreate the pod and its peers follow; node rank 0 "
+            "counts incidents against the budget in the run dir; exit 2 fails the job",
             suspend_path=("runPolicy", "suspend"),
         ),
         Backend(

@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 TRANSIENT_STATUS = frozenset({429, 500, 502, 503, 504})
 EXIT_OOM_KILLED = 137  # 128 + SIGKILL: the kernel's OOM killer (or a SIGKILL after the grace period)
 _OBJECT = {200: "object", 201: "object", 202: "object"}  # responses as plain dicts
+_MERGE = "application/merge-patch+json"
 INSTANCE_LABEL = "app.kubernetes.io/instance"
 
 
@@ -106,6 +107,7 @@ KINDS = {
 }
 JOB_KINDS = tuple(BY_KIND)
 SETUP_KINDS = ("ServiceAccount", "Role", "RoleBinding")
+GC_KINDS = ("ConfigMap", "Service", "NetworkPolicy", "PodMonitor")  # per-job objects a job owns
 
 
 # ------------------------------------------------------------------------------------------- status types
@@ -255,6 +257,41 @@ def _exc_text(e: BaseException) -> str:
 
 
 # ---------------------------------------------------------------------------------------- configuration
+IN_CLUSTER_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+
+
+def default_namespace(context: str | None = None) -> str:
+    """The one namespace rule (launcher.namespace=null and framework-jobs without -n): the kubeconfig context's
+    namespace, as kubectl uses it; in a pod, its service account's namespace; else "default".
+
+    Reads $KUBECONFIG (a path list, merged first-wins as kubectl does) or ~/.kube/config with yaml: no client.
+    """
+    import os
+    from pathlib import Path
+
+    import yaml
+
+    paths = [p for p in (os.environ.get("KUBECONFIG") or "~/.kube/config").split(os.pathsep) if p]
+    current, contexts = None, {}
+    for p in paths:
+        try:
+            doc = yaml.safe_load(Path(p).expanduser().read_text()) or {}
+        except (OSError, yaml.YAMLError):
+            continue
+        current = current or doc.get("current-context")
+        for c in doc.get("contexts") or []:
+            contexts.setdefault(c.get("name"), c.get("context") or {})
+    chosen = contexts.get(context or current)
+    if chosen and chosen.get("namespace"):
+        return str(chosen["namespace"])
+    if chosen is None and context is None:
+        try:
+            return Path(IN_CLUSTER_NAMESPACE).read_text().strip() or "default"
+        except OSError:
+            pass
+    return "default"
+
+
 def load_api_client(context: str | None = None) -> ApiClient:
     """An ApiClient for ``context`` in the kubeconfig ($KUBECONFIG or ~/.kube/config), else the in-cluster config."""
     import os
@@ -334,6 +371,7 @@ class JobClient:
         stream: bool = False,
         timeout: Any = None,
         retries: int | None = None,
+        content_type: str = "application/json",
     ) -> Any:
         from kubernetes.client.exceptions import ApiException
 
@@ -344,7 +382,7 @@ class JobClient:
                     path,
                     method,
                     query_params=list(query),
-                    header_params={"Accept": "application/json", "Content-Type": "application/json"},
+                    header_params={"Accept": "application/json", "Content-Type": content_type},
                     body=body,
                     response_types_map=None if stream else _OBJECT,
                     auth_settings=["BearerToken"],
@@ -411,6 +449,13 @@ class JobClient:
         query = [(key, v) for key, v in (("labelSelector", labels), ("fieldSelector", fields)) if v]
         return self._request("list", k, "GET", k.path(self.namespace), query=query)  # type: ignore[no-any-return]
 
+    def patch(self, kind: str, name: str, body: dict[str, Any]) -> dict[str, Any]:
+        """A JSON merge patch (RFC 7386) of one object."""
+        k = KINDS[kind]
+        return self._request(  # type: ignore[no-any-return]
+            "patch", k, "PATCH", k.path(self.namespace, name), name=name, body=body, content_type=_MERGE
+        )
+
     def delete(self, kind: str, name: str, *, missing_ok: bool = True) -> None:
         k = KINDS[kind]
         body = {"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": "Background"}
@@ -461,8 +506,10 @@ class JobClient:
                 try:
                     self.create(obj, retries=self.retries)
                 except KubernetesError as e:
-                    if e.status != 409:  # namespace already set up
+                    if e.status != 409:
                         raise
+                    if obj["kind"] == "Role":  # set up before: bring its rules up to this job's kinds
+                        self.patch("Role", obj["metadata"]["name"], {"rules": obj["rules"]})
         created: list[dict[str, Any]] = []
         try:
             job = self.create(main)
@@ -641,6 +688,42 @@ class JobClient:
                 raise
             jobs.extend(job_info(obj, kind) for obj in items)
         return sorted(jobs, key=lambda j: j.created)
+
+    def gc(self, *, min_age_s: float = 600.0, dry_run: bool = False) -> list[str]:
+        """Delete what ``kubectl apply -f manifests.yaml`` left behind: this launcher's ConfigMaps, Services,
+        NetworkPolicies and PodMonitors whose job no longer exists (a submit through the launcher sets owner
+        references instead, and Kubernetes deletes those with the job). Objects younger than ``min_age_s`` are
+        kept: ``kubectl apply`` may not have created their job yet. Returns "Kind/name" of each one deleted."""
+        from datetime import datetime, timezone
+
+        selector = f"app.kubernetes.io/managed-by={MANAGED_BY}"
+        jobs = {j.name for j in self.list()}
+        now = datetime.now(timezone.utc)
+        deleted = []
+        for kind in GC_KINDS:
+            try:
+                items = self.list_objects(kind, labels=selector).get("items") or []
+            except KubernetesError as e:
+                if e.status in (403, 404):  # PodMonitor CRD not installed, or not ours to read
+                    continue
+                raise
+            for obj in items:
+                meta = obj.get("metadata") or {}
+                job = (meta.get("labels") or {}).get(INSTANCE_LABEL)
+                if not job or job in jobs or meta.get("ownerReferences"):
+                    continue
+                try:
+                    created = datetime.fromisoformat(
+                        str(meta.get("creationTimestamp")).replace("Z", "+00:00")
+                    )
+                except ValueError:
+                    continue
+                if (now - created).total_seconds() < min_age_s:
+                    continue
+                if not dry_run:
+                    self.delete(kind, str(meta["name"]))
+                deleted.append(f"{kind}/{meta['name']}")
+        return deleted
 
     # ---------------------------------------------------------------------------------------------- logs
     def rank_pod(self, name: str, node_rank: int = 0) -> PodInfo | None:

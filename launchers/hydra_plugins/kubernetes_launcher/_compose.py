@@ -12,6 +12,7 @@ The config the sweeper validated is handed to the launcher as is (it is composed
 from __future__ import annotations
 
 import pickle
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,6 +20,8 @@ from hydra._internal.config_loader_impl import ConfigLoaderImpl, get_overrides_d
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override, OverrideType
 from omegaconf import DictConfig, OmegaConf, open_dict
+
+_HYDRA_INTERPOLATION = re.compile(r"\$\\?\{hydra\\?:")
 
 
 def clone(cfg: DictConfig) -> DictConfig:
@@ -64,7 +67,8 @@ class SweepConfigLoader:
 
     def needs_hydra_config(self, overrides: Sequence[str]) -> bool:
         """Whether the job's config has a ${hydra:...} interpolation (then HydraConfig must hold its hydra node)."""
-        if any("${hydra:" in o for o in overrides):
+        # The basic sweeper hands overrides on escaped ($\{hydra\:job.num\}): match both spellings.
+        if any(_HYDRA_INTERPOLATION.search(o) for o in overrides):
             return True
         key = tuple(str(o.input_line) for o in self._parse(overrides) if self._structural(o))
         return self._base_uses_hydra.get(key, True)

@@ -23,10 +23,12 @@ from typing import TYPE_CHECKING, Any
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobReturn, JobRuntime, JobStatus, configure_log, setup_globals
-from hydra_plugins.kubernetes_launcher import _render
+from hydra_plugins.kubernetes_launcher import _backends, _render
+from hydra_plugins.kubernetes_launcher._client import default_namespace
 from omegaconf import DictConfig, flag_override, open_dict, read_write
 
 from framework.errors import ConfigError
+from framework.launcher_config import sweep_output_uri
 from framework.sweep import JobSummary, format_summary
 
 if TYPE_CHECKING:
@@ -127,6 +129,8 @@ def render_jobs(
         launcher.sweep_id = new_sweep_id()
     commit = git_commit()
     jobs = []
+    sweep = len(job_overrides) > 1 or initial_job_idx > 0  # more than one job: each its own run dir
+    namespaces: dict[Any, str] = {}
     for i, overrides in enumerate(job_overrides):
         idx = initial_job_idx + i
         sweep_config = launcher.hydra_context.config_loader.load_sweep_config(
@@ -140,6 +144,14 @@ def render_jobs(
             HydraConfig.instance().set_config(sweep_config)
         out_dir = Path(str(sweep_config.hydra.sweep.dir)) / str(sweep_config.hydra.sweep.subdir)
         with _without_hydra(sweep_config) as cfg:
+            with open_dict(cfg):
+                if cfg.launcher.namespace is None:  # the one namespace rule, shared with framework-jobs
+                    context = cfg.launcher.context
+                    if context not in namespaces:
+                        namespaces[context] = default_namespace(context)
+                    cfg.launcher.namespace = namespaces[context]
+                if sweep and cfg.storage.output_uri:
+                    cfg.storage.output_uri = sweep_output_uri(str(cfg.storage.output_uri), idx)
             _validate(cfg)
             name = _render.job_name(
                 str(cfg.run_name),
@@ -162,6 +174,36 @@ def render_jobs(
     return jobs
 
 
+def warnings_for(job: Job) -> list[str]:
+    """What a dry run and a live submit both print about a job before it runs."""
+    from hydra_plugins.kubernetes_launcher._problems import run_dir_is_durable
+
+    from framework.config import resolved
+
+    plain = resolved(job.cfg)
+    launcher = plain["launcher"]
+    out = []
+    if not run_dir_is_durable(plain):
+        out.append(
+            f"the run directory {_render.pod_run_dir(job.cfg, job.name)} is on an emptyDir and is lost when the "
+            "pods end; set storage.output_uri=s3://... or mount a PVC with launcher.pvcs"
+        )
+    image = str(launcher["image"])
+    if _render.image_digest(image) is None and _render.image_tag(image) in (None, "latest"):
+        out.append(
+            f"launcher.image={image} is not pinned: nodes may pull different builds under one tag, and no digest "
+            "is recorded; use a version tag or repo@sha256:<digest> (recorded in the framework.io/image-digest label)"
+        )
+    derived = _render.derived_grace_s(plain)
+    if launcher.get("termination_grace_s") is not None and int(launcher["termination_grace_s"]) < derived:
+        out.append(
+            f"launcher.termination_grace_s={launcher['termination_grace_s']} is below the {derived} s a checkpoint "
+            'of this size needs on this storage (README "Grace period"): a preempted pod may be killed mid-save'
+        )
+    out += _backends.BACKENDS[str(launcher["backend"])].warnings(plain)
+    return out
+
+
 def launch(
     launcher: KubernetesLauncher, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
 ) -> list[JobReturn]:
@@ -172,11 +214,19 @@ def launch(
 
     jobs = render_jobs(launcher, job_overrides, initial_job_idx)
     live = [j for j in jobs if not j.launcher.dry_run]
+    seen: set[str] = set()
+    for job in jobs:  # the same warnings whether the job is submitted or only rendered
+        for text in warnings_for(job):
+            if text not in seen or len(jobs) == 1:
+                log.warning("%s: %s", job.name, text)
+            seen.add(text)
     for job in jobs:
         if job.launcher.dry_run:
             job.status = "DRY_RUN"
             print(
-                f"Wrote {job.out_dir / 'manifests.yaml'} ({job.name}); submit with: kubectl apply -f {job.out_dir / 'manifests.yaml'}"
+                f"Wrote {job.out_dir / 'manifests.yaml'} ({job.name}); submit with: kubectl apply -f "
+                f"{job.out_dir / 'manifests.yaml'} (afterwards `framework-jobs gc -n {job.launcher.namespace}` "
+                "deletes its ConfigMap (and Service) once the job is gone)"
             )
     if live:
         _run(live)
@@ -227,15 +277,6 @@ def _run(jobs: list[Job]) -> None:
     first = jobs[0].launcher
     stop = threading.Event()
     many = len(jobs) > 1
-    for job in jobs:
-        if not job.cfg.storage.output_uri and _render.run_dir_is_ephemeral(job.objs):
-            log.warning(
-                "%s: the run directory %s is on an emptyDir and is lost when the pods end; set storage.output_uri "
-                "or mount a PVC with launcher.pvcs",
-                job.name,
-                _render.pod_run_dir(job.cfg, job.name),
-            )
-            break
 
     def one(job: Job) -> None:
         client = clients[(job.launcher.context, job.launcher.namespace, job.launcher.backend)]

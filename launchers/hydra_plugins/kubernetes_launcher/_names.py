@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from typing import Any
 
 MANAGED_BY = "framework-kubernetes-launcher"
 APP_NAME = "framework"
@@ -34,6 +35,7 @@ CACHE_ENV = {
 # Env the launcher or torchrun sets in every pod: launcher.env may not override them.
 RESERVED_ENV = frozenset(
     {*RENDEZVOUS_ENV, *CACHE_ENV, "PYTHONUNBUFFERED", "FRAMEWORK_JOB_NAME", "HF_TOKEN"}
+    | {"FRAMEWORK_CRASH_EXIT", "FRAMEWORK_RESTART_BUDGET", "FRAMEWORK_RUN_DIR"}
     | {"RANK", "WORLD_SIZE", "LOCAL_RANK"}
 )
 
@@ -93,3 +95,26 @@ def split_secret_ref(ref: str) -> tuple[str, str] | None:
     if not sep or not DNS_SUBDOMAIN.match(name) or not item:
         return None
     return name, item
+
+
+def hydra_run_dir(cfg: Any, name: str) -> str:
+    """The job's Hydra run dir inside its pods: <launcher.run_dir>/<job name>."""
+    return f"{str(cfg.launcher.run_dir).rstrip('/')}/{name}"
+
+
+def pod_run_dir(cfg: Any, name: str) -> str:
+    """Where the run directory lives as seen from a pod: storage.output_uri, else <launcher.run_dir>/<job>."""
+    return str(cfg.storage.output_uri or hydra_run_dir(cfg, name))
+
+
+def effective_pvcs(launcher: Any) -> dict[str, str]:
+    """Every PVC the pods mount: launcher.run_dir_pvc at launcher.run_dir, then launcher.pvcs (claim -> path)."""
+    get = launcher.get if isinstance(launcher, dict) else lambda k: getattr(launcher, k, None)
+    pvcs = {str(get("run_dir_pvc")): str(get("run_dir"))} if get("run_dir_pvc") else {}
+    pvcs.update({str(k): str(v) for k, v in (get("pvcs") or {}).items()})
+    return pvcs
+
+
+# Oldest Kubernetes the manifests are written for: podFailurePolicy is GA from 1.31 (podReplacementPolicy is on
+# by default since 1.29); the 1.28 schemas reject the pod failure policy's rules. Tested against its schemas.
+MIN_KUBERNETES = "1.31"

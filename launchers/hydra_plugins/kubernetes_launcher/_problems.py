@@ -8,8 +8,11 @@ no I/O, no cluster. The checks of the other groups (``hardware.nodes >= 1`` ...)
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 from hydra_plugins.kubernetes_launcher import _kueue, _trainjob
 from hydra_plugins.kubernetes_launcher._backends import BACKENDS
@@ -29,12 +32,13 @@ from hydra_plugins.kubernetes_launcher._names import (
     RESERVED_LABELS,
     RESERVED_MOUNTS,
     SECRET_REFERENCE_KEYS,
+    effective_pvcs,
     split_secret_ref,
 )
 from omegaconf import DictConfig, OmegaConf
 
 from framework.errors import ConfigError
-from framework.secrets import name_looks_secret
+from framework.secrets import find_secret_values, name_looks_secret
 
 
 def launcher_problems(cfg: DictConfig | Mapping[str, Any]) -> list[str]:
@@ -69,7 +73,162 @@ def plain_problems(plain: Mapping[str, Any]) -> list[str]:
     problems += _labels(launcher)
     problems += _prometheus(plain.get("tracking") or {})
     problems += _kueue.problems(launcher) + _trainjob.problems(launcher)
+    named = {p.split(" ", 1)[0] for p in problems}  # a key refused by its name is not refused again by shape
+    problems += [p for p in _secret_shapes(plain) if p.split(" ", 1)[0] not in named]
+    problems += _durable_run_dir(plain)
+    problems += _egress(plain)
+    problems += _interconnect(launcher, hw)
     return problems
+
+
+def _secret_shapes(plain: Mapping[str, Any]) -> list[str]:
+    """A value shaped like a credential lands in the ConfigMap, the env or an annotation: refuse it by key."""
+    return [
+        f"{key} holds what looks like {what}; values are written into the job's manifests. Keep it in a "
+        "Kubernetes Secret and pass it by reference (launcher.secret_env={VAR: 'secret-name:key'}, "
+        "launcher.env_from_secrets, or launcher.s3_secret for S3 credentials)"
+        for key, what in find_secret_values(dict(plain))
+    ]
+
+
+def run_dir_is_durable(plain: Mapping[str, Any]) -> bool:
+    """The pods' run dir outlives them: an s3:// storage.output_uri, or launcher.run_dir on a PVC."""
+    launcher = plain.get("launcher") or {}
+    if str((plain.get("storage") or {}).get("output_uri") or "").startswith("s3://"):
+        return True
+    root = str(launcher.get("run_dir") or "").rstrip("/")
+    mounts = [str(p).rstrip("/") for p in effective_pvcs(launcher).values()]
+    return any(root == m or root.startswith(m + "/") for m in mounts)
+
+
+def _durable_run_dir(plain: Mapping[str, Any]) -> list[str]:
+    launcher = plain.get("launcher") or {}
+    if int(launcher.get("backoff_limit") or 0) == 0 or run_dir_is_durable(plain):
+        return []
+    return [
+        f"launcher.backoff_limit={launcher.get('backoff_limit')} allows retries, but the pods' run dir "
+        f"{launcher.get('run_dir')} is an emptyDir: every retry would restart from step 0. Keep it durable: "
+        "storage.output_uri=s3://<bucket>/<path>, or a PVC at the run dir: launcher.run_dir_pvc=<claim> (the "
+        "chart's is framework-outputs); or launcher.backoff_limit=0 to run without retries"
+    ]
+
+
+def external_endpoints(plain: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(config key, host) of every service outside the cluster the pods will call, from the config."""
+    found: list[tuple[str, str]] = []
+    env = {
+        **((plain.get("hardware") or {}).get("nccl_env") or {}),
+        **((plain.get("launcher") or {}).get("env") or {}),
+    }
+    s3_keys = [
+        k
+        for k in (
+            "storage.output_uri",
+            "model.pretrained",
+            "model.tokenizer",
+            "dataset.path",
+            "dataset.val_path",
+        )
+        if str(_get(plain, k) or "").startswith("s3://")
+    ]
+    if s3_keys:
+        endpoint = env.get("AWS_ENDPOINT_URL") or env.get("AWS_ENDPOINT_URL_S3")
+        found.append(
+            (
+                s3_keys[0],
+                urlsplit(str(endpoint)).hostname or str(endpoint) if endpoint else "s3.amazonaws.com",
+            )
+        )
+    tracking = plain.get("tracking") or {}
+    backends = set(tracking.get("backends") or [])
+    mlflow = tracking.get("mlflow") or {}
+    uri = str(mlflow.get("tracking_uri") or "")
+    if (mlflow.get("enabled") or "mlflow" in backends) and uri.startswith(("http://", "https://")):
+        found.append(("tracking.mlflow.tracking_uri", urlsplit(uri).hostname or uri))
+    wandb = tracking.get("wandb") or {}
+    if (wandb.get("enabled") or "wandb" in backends) and wandb.get("mode") not in ("offline", "disabled"):
+        found.append(("tracking.wandb", "api.wandb.ai"))
+    for k in ("model.pretrained", "model.tokenizer", "dataset.tokenizer"):
+        value = str(_get(plain, k) or "")
+        if _HUB_ID.match(value) and env.get("HF_HUB_OFFLINE") not in ("1", "true"):
+            found.append((k, "huggingface.co"))
+            break
+    return found
+
+
+def endpoint_ips(plain: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """The external endpoints given as IP addresses (the NetworkPolicy lets those through by itself)."""
+    out = []
+    for key, host in external_endpoints(plain):
+        try:
+            out.append((key, str(ipaddress.ip_address(host))))
+        except ValueError:
+            continue
+    return out
+
+
+def _egress(plain: Mapping[str, Any]) -> list[str]:
+    launcher = plain.get("launcher") or {}
+    if not launcher.get("setup_namespace") or launcher.get("egress_cidrs"):
+        return []
+    by_ip = {key for key, _ in endpoint_ips(plain)}
+    blocked = [(k, h) for k, h in external_endpoints(plain) if k not in by_ip]
+    return [
+        f"launcher.setup_namespace=true renders a NetworkPolicy that allows only the job's pods and DNS, but "
+        f"{key} needs {host}: set launcher.egress_cidrs to its address range (e.g. [10.0.0.0/8] for an "
+        "in-cluster MinIO, [0.0.0.0/0] for anywhere)"
+        for key, host in blocked
+    ]
+
+
+def _interconnect(launcher: Mapping[str, Any], hw: Mapping[str, Any]) -> list[str]:
+    problems = []
+    for name, count in (hw.get("extra_resources") or {}).items():
+        if not _RESOURCE_NAME.match(str(name)):
+            problems.append(
+                f"hardware.extra_resources.{name}: not an extended resource name like rdma/ib or "
+                "vpc.amazonaws.com/efa"
+            )
+        elif not isinstance(count, int) or count < 1:
+            problems.append(f"hardware.extra_resources.{name}={count} must be a count >= 1")
+    for var in hw.get("nccl_env") or {}:
+        if not ENV_NAME.match(str(var)) or var in RESERVED_ENV:
+            problems.append(f"hardware.nccl_env.{var}: not a variable the profile may set")
+    fraction = hw.get("allocatable_fraction")
+    if fraction is not None and not 0 < float(fraction) <= 1:
+        problems.append(f"hardware.allocatable_fraction={fraction} must be in (0, 1]")
+    for key in ("cpu", "memory"):
+        if hw.get(key) is not None and not _QUANTITY.match(str(hw.get(key))):
+            problems.append(
+                f"hardware.{key}={hw.get(key)!r} is not a Kubernetes quantity like 96, 500m or 1152Gi"
+            )
+    for net in launcher.get("networks") or []:
+        if not _NETWORK.match(str(net)):
+            problems.append(
+                f"launcher.networks: {net!r} is not a NetworkAttachmentDefinition like ib-net, "
+                "other-ns/ib-net or ib-net@net1"
+            )
+    if launcher.get("exclusive_topology"):
+        entry = BACKENDS.get(str(launcher.get("backend")))
+        if entry is not None and entry.exclusive_topology_annotation is None:
+            problems.append(
+                f"launcher.exclusive_topology is a JobSet placement; launcher.backend={entry.name} has none "
+                "(use launcher.topology_required with Kueue's topology-aware scheduling, or backend=jobset)"
+            )
+    return problems
+
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")  # org/name on the hub
+_RESOURCE_NAME = re.compile(r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
+_NETWORK = re.compile(r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?/)?[a-z0-9]([-a-z0-9.]*[a-z0-9])?(@[A-Za-z0-9_.-]+)?$")
+_QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|Ki|Mi|Gi|Ti|Pi)?$")
+
+
+def _get(plain: Mapping[str, Any], dotted: str) -> Any:
+    node: Any = plain
+    for part in dotted.split("."):
+        node = node.get(part) if isinstance(node, Mapping) else None
+    return node
 
 
 def _settings(launcher: Mapping[str, Any], hw: Mapping[str, Any]) -> list[str]:
@@ -78,7 +237,7 @@ def _settings(launcher: Mapping[str, Any], hw: Mapping[str, Any]) -> list[str]:
         problems.append(
             f"launcher.backend={launcher.get('backend')!r} is not valid; choose one of: {', '.join(BACKENDS)}"
         )
-    if not DNS_LABEL.match(str(launcher.get("namespace"))):
+    if launcher.get("namespace") is not None and not DNS_LABEL.match(str(launcher.get("namespace"))):
         problems.append(
             f"launcher.namespace={launcher.get('namespace')!r} is not a valid namespace name (a DNS label)"
         )
@@ -185,6 +344,18 @@ def _env(launcher: Mapping[str, Any]) -> list[str]:
 
 def _volumes(launcher: Mapping[str, Any]) -> list[str]:
     problems = []
+    pvcs = effective_pvcs(launcher)
+    paths = [str(p).rstrip("/") for p in pvcs.values()]
+    for path in sorted({p for p in paths if paths.count(p) > 1}):
+        claims = sorted(c for c, p in pvcs.items() if str(p).rstrip("/") == path)
+        problems.append(
+            f"launcher.run_dir_pvc / launcher.pvcs: {', '.join(claims)} are all mounted at {path}; mount one "
+            f"claim there (for the run dir: launcher.run_dir_pvc=<claim>, and no launcher.pvcs entry at {path})"
+        )
+    if launcher.get("run_dir_pvc") and not DNS_SUBDOMAIN.match(str(launcher["run_dir_pvc"])):
+        problems.append(
+            f"launcher.run_dir_pvc={launcher['run_dir_pvc']!r} is not a valid PersistentVolumeClaim name"
+        )
     run_dir = str(launcher.get("run_dir"))
     if not run_dir.startswith("/"):
         problems.append(f"launcher.run_dir={run_dir!r} must be an absolute path inside the pod")

@@ -15,6 +15,8 @@ exits 1 for any failed worker.
 from __future__ import annotations
 
 import hashlib
+import math
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from types import SimpleNamespace
 from typing import Any
@@ -41,16 +43,19 @@ from hydra_plugins.kubernetes_launcher._names import (  # noqa: F401 - re-export
     SHM_DIR,
     TMP_DIR,
     dns_label,
+    effective_pvcs,
+    hydra_run_dir,
     label_value,
+    pod_run_dir,
     split_secret_ref,
 )
-from hydra_plugins.kubernetes_launcher._problems import plain_problems
+from hydra_plugins.kubernetes_launcher._problems import endpoint_ips, plain_problems
 from omegaconf import DictConfig, OmegaConf
 
 from framework.config import config_yaml
 from framework.config import resolved as resolved_config
 from framework.errors import ConfigError
-from framework.secrets import name_looks_secret
+from framework.secrets import name_looks_secret, value_looks_secret
 
 Manifest = dict[str, Any]
 _SafeDumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)  # libyaml when available
@@ -72,9 +77,7 @@ def _host_suffix(backend: str, nodes: int) -> str:
     return entry.host_suffix(nodes)
 
 
-def job_name(
-    run_name: str, *, sweep_id: str, job_index: int, backend: str = "indexed_job", nodes: int = 1
-) -> str:
+def job_name(run_name: str, *, sweep_id: str, job_index: int, backend: str = "jobset", nodes: int = 1) -> str:
     """``<run name>-<sweep id>-<job index>``, shortened so every pod hostname stays a valid DNS label (<= 63)."""
     suffix = f"-{sweep_id}-{job_index}"
     budget = 63 - len(_host_suffix(backend, nodes)) - len(suffix)
@@ -88,13 +91,7 @@ def master_addr(backend: str, name: str) -> str:
     return BACKEND_TABLE[backend].master_addr(name)
 
 
-def pod_run_dir(cfg: DictConfig, name: str) -> str:
-    """Where the run directory lives as seen from a pod: storage.output_uri, else <launcher.run_dir>/<job>."""
-    return str(cfg.storage.output_uri or _hydra_run_dir(cfg, name))
-
-
-def _hydra_run_dir(cfg: DictConfig, name: str) -> str:
-    return f"{str(cfg.launcher.run_dir).rstrip('/')}/{name}"
+_hydra_run_dir = hydra_run_dir
 
 
 def container_args(cfg: DictConfig, name: str) -> list[str]:
@@ -116,6 +113,44 @@ def container_args(cfg: DictConfig, name: str) -> list[str]:
     ]
 
 
+def torchrun_args(cfg: Any) -> list[str]:
+    """torchrun's own options: workers get SIGTERM and this long to checkpoint before SIGKILL, inside the pod's
+    grace period (the rest is torchrun's and framework-torchrun's own exit)."""
+    grace = grace_period_s(cfg._plain)
+    return [f"--shutdown-timeout={max(grace - GRACE_MARGIN_S, 1)}"]
+
+
+# Grace period rule (README "Grace period"): 60 s to reach the next step boundary and start saving, plus the
+# checkpoint each node writes at the storage's sustained rate, never below 120 s. A checkpoint holds the
+# trainable weights and their fp32 Adam state: 16 bytes per trainable parameter, sharded over the nodes under
+# ZeRO (each node writes its share), all on node rank 0 without it.
+GRACE_FLOOR_S = 120
+GRACE_STEP_S = 60
+GRACE_MARGIN_S = 15  # SIGKILL to torchrun's workers this long before the pod's own SIGKILL
+CHECKPOINT_BYTES_PER_PARAM = 16
+WRITE_BYTES_PER_S = {"s3": 100e6, "pvc": 200e6}  # sustained per node: S3 multipart, a network PVC
+
+
+def checkpoint_bytes_per_node(plain: Mapping[str, Any]) -> float:
+    from framework.memory import param_counts  # pure arithmetic on the model config, no torch
+
+    total = CHECKPOINT_BYTES_PER_PARAM * param_counts(plain).trainable
+    hw = plain["hardware"]
+    return total / int(hw["nodes"]) if int(hw.get("zero_stage") or 0) >= 1 else total
+
+
+def grace_period_s(plain: Mapping[str, Any]) -> int:
+    """launcher.termination_grace_s, or the rule above when it is null (``plain``: the resolved config)."""
+    explicit = plain["launcher"].get("termination_grace_s")
+    return int(explicit) if explicit is not None else derived_grace_s(plain)
+
+
+def derived_grace_s(plain: Mapping[str, Any]) -> int:
+    uri = str((plain.get("storage") or {}).get("output_uri") or "")
+    rate = WRITE_BYTES_PER_S["s3" if uri.startswith("s3://") else "pvc"]
+    return max(GRACE_FLOOR_S, GRACE_STEP_S + math.ceil(checkpoint_bytes_per_node(plain) / rate))
+
+
 # ---------------------------------------------------------------------------------------------- config
 def _plain(value: Any) -> Any:
     """Plain containers from a DictConfig/ListConfig or a SimpleNamespace view (or the value itself)."""
@@ -130,8 +165,24 @@ def _view(plain: dict[str, Any]) -> Any:
     """Attribute access (cfg.launcher.backend) over plain resolved data: rendering reads hundreds of values, and
     each DictConfig lookup costs tens of microseconds. Second-level mappings (env, pvcs, ...) stay dicts."""
     return SimpleNamespace(
-        **{k: SimpleNamespace(**v) if isinstance(v, dict) else v for k, v in plain.items()}
+        **{k: SimpleNamespace(**v) if isinstance(v, dict) else v for k, v in plain.items()}, _plain=plain
     )
+
+
+_DIGEST = re.compile(r"@(sha256:[0-9a-f]{64})$")
+
+
+def image_digest(image: str) -> str | None:
+    """The ``sha256:...`` of an image given by digest (``repo@sha256:...``, with or without a tag), else None."""
+    m = _DIGEST.search(image)
+    return m.group(1) if m else None
+
+
+def image_tag(image: str) -> str | None:
+    """The tag of ``repo[:tag][@digest]``, None when there is none."""
+    ref = image.split("@", 1)[0]
+    last = ref.rsplit("/", 1)[-1]
+    return last.split(":", 1)[1] if ":" in last else None
 
 
 def config_hash(config_yaml: str) -> str:
@@ -163,10 +214,12 @@ def _env(cfg: DictConfig, name: str) -> list[dict[str, Any]]:
     env.append({"name": "PYTHONUNBUFFERED", "value": "1"})
     env.extend({"name": k, "value": v} for k, v in CACHE_ENV.items())
     env.append({"name": "FRAMEWORK_JOB_NAME", "value": name})
+    env.extend(BACKEND_TABLE[str(launcher.backend)].pod_env(cfg, name))
 
+    # The profile's NCCL/EFA settings, then launcher.env (which overrides them by name).
+    plain_env = {**(getattr(hw, "nccl_env", None) or {}), **(launcher.env or {})}
     env.extend(
-        {"name": str(var), "value": "" if value is None else str(value)}
-        for var, value in (launcher.env or {}).items()
+        {"name": str(var), "value": "" if value is None else str(value)} for var, value in plain_env.items()
     )
     if launcher.hf_token_secret:
         env.append(
@@ -204,7 +257,7 @@ def _volumes(cfg: DictConfig, name: str) -> tuple[list[dict[str, Any]], list[dic
     ]
     run_root = str(launcher.run_dir).rstrip("/")
     covered = False
-    for claim, path in sorted((launcher.pvcs or {}).items()):
+    for claim, path in sorted(effective_pvcs(launcher).items()):
         path = str(path).rstrip("/")
         vol = dns_label(f"pvc-{claim}")
         volumes.append({"name": vol, "persistentVolumeClaim": {"claimName": str(claim)}})
@@ -216,15 +269,50 @@ def _volumes(cfg: DictConfig, name: str) -> tuple[list[dict[str, Any]], list[dic
     return volumes, mounts
 
 
+_QUANTITY = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(m|k|M|G|T|P|Ki|Mi|Gi|Ti|Pi)?$")
+_FACTOR = {
+    None: 1,
+    "m": 1e-3,
+    "k": 1e3,
+    "M": 1e6,
+    "G": 1e9,
+    "T": 1e12,
+    "P": 1e15,
+    "Ki": 2**10,
+    "Mi": 2**20,
+    "Gi": 2**30,
+    "Ti": 2**40,
+    "Pi": 2**50,
+}
+
+
+def quantity(text: str) -> float | None:
+    """A Kubernetes quantity ("96", "500m", "1152Gi") as a number, None when not one of these forms."""
+    m = _QUANTITY.match(str(text).strip())
+    return float(m.group(1)) * _FACTOR[m.group(2)] if m else None
+
+
+def requested(hw: Any) -> dict[str, str]:
+    """cpu and memory a pod requests: hardware.allocatable_fraction of the node's (millicores, MiB, floored)."""
+    fraction = float(getattr(hw, "allocatable_fraction", 1.0) or 1.0)
+    cpu_m = math.floor((quantity(str(hw.cpu)) or 0) * fraction * 1000)
+    mem_mi = math.floor((quantity(str(hw.memory)) or 0) * fraction / 2**20)
+    cpu = f"{cpu_m // 1000}" if cpu_m % 1000 == 0 else f"{cpu_m}m"
+    return {"cpu": cpu, "memory": f"{mem_mi // 1024}Gi" if mem_mi % 1024 == 0 else f"{mem_mi}Mi"}
+
+
 def _resources(hw: DictConfig) -> dict[str, Any]:
-    amounts: dict[str, str] = {"cpu": str(hw.cpu), "memory": str(hw.memory)}
+    amounts = requested(hw)
     if hw.resource_name and hw.gpus_per_node:
         amounts[str(hw.resource_name)] = str(hw.gpus_per_node)
+    for name, count in (getattr(hw, "extra_resources", None) or {}).items():  # RDMA / EFA devices
+        amounts[str(name)] = str(count)
     # requests = limits: Guaranteed QoS, so a training pod is the last to be evicted under node pressure.
     return {"requests": amounts, "limits": dict(amounts)}
 
 
 METRICS_PORT_NAME = "metrics"
+MULTUS_NETWORKS = "k8s.v1.cni.cncf.io/networks"
 
 
 def prometheus_port(cfg: DictConfig) -> int | None:
@@ -257,7 +345,7 @@ def _container(cfg: DictConfig, name: str, mounts: list[dict[str, Any]]) -> dict
         "image": str(launcher.image),
         "imagePullPolicy": str(launcher.image_pull_policy),
         "command": list(COMMAND),
-        "args": container_args(cfg, name),
+        "args": torchrun_args(cfg) + container_args(cfg, name),
         "workingDir": TMP_DIR,
         "env": _env(cfg, name),
         "ports": [
@@ -291,7 +379,7 @@ def _pod_template(cfg: DictConfig, name: str, labels: Mapping[str, str]) -> dict
     container = _container(cfg, name, mounts)
     spec: dict[str, Any] = {
         "restartPolicy": "Never",  # the Job (or operator) decides about retries, by exit code
-        "terminationGracePeriodSeconds": int(launcher.termination_grace_s),
+        "terminationGracePeriodSeconds": grace_period_s(cfg._plain),
         "automountServiceAccountToken": bool(
             launcher.service_account and launcher.mount_service_account_token
         ),
@@ -329,6 +417,8 @@ def _pod_template(cfg: DictConfig, name: str, labels: Mapping[str, str]) -> dict
                     "prometheus.io/path": "/metrics",
                 }
             )
+    if getattr(launcher, "networks", None):  # Multus: extra NICs (RDMA, EFA-less multi-NIC) for NCCL
+        annotations[MULTUS_NETWORKS] = ",".join(str(n) for n in launcher.networks)
     annotations.update({str(k): str(v) for k, v in (launcher.annotations or {}).items()})
     return {"metadata": {"labels": dict(labels), "annotations": annotations}, "spec": spec}
 
@@ -364,6 +454,9 @@ def _labels(
     }
     if git_commit and LABEL_VALUE.match(git_commit) and len(git_commit) <= 63:
         labels[f"{LABEL_PREFIX}git-commit"] = git_commit
+    digest = image_digest(str(cfg.launcher.image))
+    if digest:  # a label value holds 63 characters: the digest's first 32 hex digits (the annotation has all)
+        labels[f"{LABEL_PREFIX}image-digest"] = digest.replace(":", "-")[: len("sha256-") + 32]
     labels.update({str(k): str(v) for k, v in (cfg.launcher.labels or {}).items()})  # checked: _problems
     return labels
 
@@ -384,9 +477,17 @@ def render(
     """
     plain = resolved_config(cfg)
     problems = plain_problems(plain)
+    problems += [  # the overrides land in an annotation as written
+        f"the override {o.split('=', 1)[0]}=... holds what looks like {what}; pass secrets by reference "
+        "(launcher.secret_env / env_from_secrets)"
+        for o in overrides
+        if (what := value_looks_secret(o))
+    ]
     if problems:
         raise ConfigError(problems)
     cfg = _view(plain)  # from here on, plain values
+    if cfg.launcher.namespace is None:  # the launcher fills in the context's; a bare render: default
+        cfg.launcher.namespace = "default"
     launcher, hw = cfg.launcher, cfg.hardware
     backend, ns, name = str(launcher.backend), str(launcher.namespace), job_name
     if not DNS_LABEL.match(name) or len(name) + len(_host_suffix(backend, int(hw.nodes))) > 63:
@@ -400,11 +501,21 @@ def render(
     }
     if overrides:
         annotations[f"{LABEL_PREFIX}overrides"] = " ".join(overrides)
+    entry = BACKEND_TABLE[backend]
+    if launcher.exclusive_topology and entry.exclusive_topology_annotation:
+        annotations[entry.exclusive_topology_annotation] = str(launcher.exclusive_topology)
+    annotations.update({str(k): str(v) for k, v in (launcher.job_annotations or {}).items()})
+    digest = image_digest(str(launcher.image))
+    if digest:
+        annotations[f"{LABEL_PREFIX}image-digest"] = digest
     template = _pod_template(cfg, name, labels)
 
     objs: list[Manifest] = []
     if launcher.setup_namespace:
-        objs.extend(setup_objects(ns, backend, str(launcher.service_account or SETUP_NAME)))
+        podmonitor = prometheus_port(cfg) is not None and launcher.prometheus_monitor == "podmonitor"
+        objs.extend(
+            setup_objects(ns, backend, str(launcher.service_account or SETUP_NAME), podmonitor=podmonitor)
+        )
     objs.append(
         {
             "apiVersion": "v1",
@@ -413,7 +524,6 @@ def render(
             "data": {CONFIG_FILE: text},
         }
     )
-    entry = BACKEND_TABLE[backend]
     if entry.headless_service:
         objs.append(headless_service(name, ns, labels, int(launcher.master_port), entry.port_name))
     spec = entry.job_spec(JobParts(cfg, name, template, labels))
@@ -451,11 +561,12 @@ def headless_service(
 
 
 # ------------------------------------------------------------------------------------ namespace set-up
-def launcher_rules(backend: str) -> list[dict[str, Any]]:
-    """The least the launcher needs in its namespace: manage its objects, read pods, logs and events."""
+def launcher_rules(backend: str, *, podmonitor: bool = False) -> list[dict[str, Any]]:
+    """The least the launcher needs in its namespace: manage every kind it creates, read pods, logs, events."""
     manage = ["create", "get", "list", "watch", "delete"]
     entry = BACKEND_TABLE[backend]
     core = ["configmaps", "services"] if entry.headless_service else ["configmaps"]
+    extra = [{"apiGroups": ["monitoring.coreos.com"], "resources": ["podmonitors"], "verbs": manage}]
     return [
         {"apiGroups": [entry.group], "resources": [entry.plural], "verbs": manage},
         {"apiGroups": [""], "resources": core, "verbs": manage},
@@ -464,10 +575,13 @@ def launcher_rules(backend: str) -> list[dict[str, Any]]:
         {"apiGroups": [""], "resources": ["events"], "verbs": ["list"]},
         # setup_namespace also renders one NetworkPolicy per job, owned by (and deleted with) the job.
         {"apiGroups": ["networking.k8s.io"], "resources": ["networkpolicies"], "verbs": manage},
+        *(extra if podmonitor else []),
     ]
 
 
-def setup_objects(namespace: str, backend: str, service_account: str) -> list[Manifest]:
+def setup_objects(
+    namespace: str, backend: str, service_account: str, *, podmonitor: bool = False
+) -> list[Manifest]:
     """ServiceAccount + Role + RoleBinding for running the launcher inside the cluster (e.g. from CI)."""
     labels = {
         "app.kubernetes.io/name": APP_NAME,
@@ -486,7 +600,7 @@ def setup_objects(namespace: str, backend: str, service_account: str) -> list[Ma
             "apiVersion": "rbac.authorization.k8s.io/v1",
             "kind": "Role",
             "metadata": _metadata(SETUP_NAME, namespace, labels),
-            "rules": launcher_rules(backend),
+            "rules": launcher_rules(backend, podmonitor=podmonitor),
         },
         {
             "apiVersion": "rbac.authorization.k8s.io/v1",
@@ -498,6 +612,9 @@ def setup_objects(namespace: str, backend: str, service_account: str) -> list[Ma
     ]
 
 
+NODELOCAL_DNS_CIDR = "169.254.20.10/32"  # NodeLocal DNSCache's default listen address
+
+
 def network_policy(cfg: DictConfig, name: str, labels: Mapping[str, str]) -> Manifest:
     """The job's pods talk to each other and to DNS; other egress only to launcher.egress_cidrs."""
     peers = {"podSelector": {"matchLabels": {"app.kubernetes.io/instance": name}}}
@@ -505,8 +622,15 @@ def network_policy(cfg: DictConfig, name: str, labels: Mapping[str, str]) -> Man
     egress: list[dict[str, Any]] = [
         {"to": [peers]},
         {"to": [{"namespaceSelector": {}}], "ports": dns_ports},  # cluster DNS, wherever it runs
+        # NodeLocal DNSCache answers on a link-local address on each node, outside any pod selector.
+        {"to": [{"ipBlock": {"cidr": NODELOCAL_DNS_CIDR}}], "ports": dns_ports},
     ]
     cidrs = [str(c) for c in cfg.launcher.egress_cidrs or []]
+    # Endpoints the config names by IP (a MinIO at 10.0.0.5:9000) are let through as they are.
+    cidrs += [
+        f"{ip}/{32 if '.' in ip else 128}" for _, ip in endpoint_ips(cfg._plain) if f"{ip}/32" not in cidrs
+    ]
+    cidrs = list(dict.fromkeys(cidrs))
     if cidrs:
         egress.append({"to": [{"ipBlock": {"cidr": c}} for c in cidrs]})
     ingress: list[dict[str, Any]] = [{"from": [peers]}]
@@ -545,7 +669,11 @@ def run_dir_is_ephemeral(objs: Sequence[Manifest]) -> bool:
 
 # ------------------------------------------------------------------------------------------------ output
 class _Dumper(_SafeDumper):  # type: ignore[misc,valid-type]
-    """Safe YAML; multi-line strings (the config) as literal blocks so manifests.yaml stays readable."""
+    """Safe YAML; multi-line strings (the config) as literal blocks so manifests.yaml stays readable. No anchors
+    or aliases for objects used twice (a PyTorchJob's two pod templates): every tool reads plain YAML."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
 
 
 def _str(dumper: yaml.SafeDumper, data: str) -> yaml.ScalarNode:

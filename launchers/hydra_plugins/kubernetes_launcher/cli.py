@@ -5,26 +5,16 @@
     framework-jobs logs NAME [-n NAMESPACE] [--follow] [--rank NODE_RANK]
     framework-jobs cancel NAME [-n NAMESPACE] [--yes]
     framework-jobs list|status|logs|cancel ... --ray ADDRESS   # launcher=ray jobs (hydra_plugins.ray_launcher.cli)
+    framework-jobs gc [-n NAMESPACE] [--dry-run]     # what `kubectl apply -f manifests.yaml` left behind
 
 Exit codes: 0 ok, 1 an API or cluster error (one line on stderr), 2 usage.
 """
 
 import argparse
-import os
 import sys
 from datetime import datetime, timezone
 
-
-def _default_namespace(context: str | None) -> str:
-    """The kubeconfig context's namespace (like kubectl), else 'default'."""
-    try:
-        from kubernetes import config
-
-        contexts, active = config.list_kube_config_contexts(config_file=os.environ.get("KUBECONFIG") or None)
-        chosen = next((c for c in contexts if c["name"] == context), None) if context else active
-        return str((chosen or {}).get("context", {}).get("namespace") or "default")
-    except Exception:  # no kubeconfig (in-cluster, or none at all): the API call will say so
-        return "default"
+from hydra_plugins.kubernetes_launcher._client import default_namespace  # the kubernetes client loads lazily
 
 
 def _age(created: str) -> str:
@@ -50,7 +40,7 @@ def parser() -> argparse.ArgumentParser:
     )
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
-        "-n", "--namespace", help="namespace (default: the kubeconfig context's, else 'default')"
+        "-n", "--namespace", help="namespace (default: the kubeconfig context's, as launcher.namespace=null)"
     )
     common.add_argument("--context", help="kubeconfig context (default: the current one, or in-cluster)")
     common.add_argument(
@@ -62,6 +52,12 @@ def parser() -> argparse.ArgumentParser:
     )
     sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("list", parents=[common], help="list the jobs in the namespace")
+    gc = sub.add_parser(
+        "gc",
+        parents=[common],
+        help="delete ConfigMaps/Services/... of jobs that no longer exist (kubectl apply)",
+    )
+    gc.add_argument("--dry-run", action="store_true", help="only list what would be deleted")
     for name, text in (
         ("status", "phase and pods of a job"),
         ("logs", "a pod's logs"),
@@ -84,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
         return run_ray(args)
     from hydra_plugins.kubernetes_launcher._client import JobClient
 
-    ns = args.namespace or _default_namespace(args.context)
+    ns = args.namespace or default_namespace(args.context)
     jobs = JobClient(ns, context=args.context)
     rows: list[tuple[str, ...]]
     if args.command == "list":
@@ -114,6 +110,10 @@ def run(args: argparse.Namespace) -> int:
         if info.permanent_failure:
             return 2
         return 1 if info.phase == "Failed" else 0
+    elif args.command == "gc":
+        gone = jobs.gc(dry_run=args.dry_run)
+        verb = "Would delete" if args.dry_run else "Deleted"
+        print("\n".join(f"{verb} {ns}/{g}" for g in gone) if gone else f"Nothing to clean up in {ns}")
     elif args.command == "logs":
         for line in jobs.logs(args.name, node_rank=args.rank, follow=args.follow):
             print(line, flush=True)
