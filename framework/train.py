@@ -440,9 +440,9 @@ def train(
 
     from framework import storage
     from framework.metrics_server import cuda_memory_bytes, maybe_start_metrics_server
-    from framework.trainer_status import maybe_reporter as maybe_trainer_reporter
     from framework.model import count_params, load_tokenizer
     from framework.tracking import make_trackers
+    from framework.trainer_status import maybe_reporter as maybe_trainer_reporter
 
     deepspeed = dist.import_deepspeed(
         cfg.hardware.accelerator

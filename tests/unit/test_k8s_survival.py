@@ -181,6 +181,7 @@ def test_interconnect_resources_env_and_annotations() -> None:
         "launcher.networks=[ib-net,other/ib-2]",
         "launcher.exclusive_topology=cloud.google.com/gke-nodepool",
         "launcher.topology_required=topology.kubernetes.io/rack",
+        "launcher.queue=team-queue",
     )
     main = main_object(objs)
     c = container(objs)

@@ -11,6 +11,7 @@ Exit codes: 0 ok, 1 an API or cluster error (one line on stderr), 2 usage.
 """
 
 import argparse
+import os
 import sys
 from datetime import datetime, timezone
 
@@ -36,7 +37,8 @@ def _table(rows: list[tuple[str, ...]]) -> str:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="framework-jobs", description="Training jobs submitted by launcher=kubernetes (or, with --ray, launcher=ray)."
+        prog="framework-jobs",
+        description="Training jobs submitted by launcher=kubernetes (or, with --ray, launcher=ray).",
     )
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
