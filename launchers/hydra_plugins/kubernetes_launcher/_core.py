@@ -25,7 +25,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobReturn, JobRuntime, JobStatus, configure_log, setup_globals
 from hydra_plugins.kubernetes_launcher import _backends, _render
 from hydra_plugins.kubernetes_launcher._client import default_namespace
-from omegaconf import DictConfig, flag_override, open_dict, read_write
+from omegaconf import DictConfig, OmegaConf, flag_override, open_dict, read_write
 
 from framework.errors import ConfigError
 from framework.launcher_config import sweep_output_uri
@@ -53,6 +53,15 @@ class Job:
     wall_s: float | None = None
     submitted: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def log_path(self) -> Path:
+        """The job's log, as Hydra's job logging names it: <output dir>/<hydra.job.name>.log."""
+        return self.out_dir / f"{self.cfg.hydra.job.name}.log"
+
+    def log(self, line: str) -> None:
+        with _print_lock, open(self.log_path, "a") as f:
+            f.write(line.rstrip("\n") + "\n")
 
     @property
     def launcher(self) -> DictConfig:
@@ -120,6 +129,48 @@ def _without_hydra(sweep_config: DictConfig) -> Iterator[DictConfig]:
             sweep_config["hydra"] = hydra_node
 
 
+NOT_A_FRAMEWORK_APP = (
+    "hydra/launcher=kubernetes runs the framework's training app only (python -m framework ... "
+    "launcher=kubernetes): every job becomes pods running `framework-torchrun -m framework` with the job's config, "
+    "and this app's config has no launcher.backend to render. Run other Hydra apps with another launcher "
+    "(the basic one, submitit, ray)"
+)
+
+
+def _check_framework_app(sweep_config: DictConfig) -> None:
+    """Hydra's launcher contract for any app: a clear error (README "Kubernetes launcher and Hydra")."""
+    if OmegaConf.select(sweep_config, "launcher.backend") is None:
+        raise ConfigError(NOT_A_FRAMEWORK_APP)
+
+
+def _save_hydra_files(job: Job) -> None:
+    """What Hydra's run_job writes for every job: .hydra/{config,hydra,overrides}.yaml (output_subdir)."""
+    cfg = job.cfg
+    with read_write(cfg.hydra.runtime), open_dict(cfg.hydra.runtime):
+        cfg.hydra.runtime.output_dir = str(job.out_dir.resolve())
+    if cfg.hydra.output_subdir is None:
+        return
+    out = job.out_dir / str(cfg.hydra.output_subdir)
+    _save_config(_task_cfg(cfg), "config.yaml", out)
+    _save_config(OmegaConf.create({"hydra": cfg.hydra}), "hydra.yaml", out)
+    _save_config(cfg.hydra.overrides.task, "overrides.yaml", out)
+
+
+def _save_config(cfg: Any, filename: str, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / filename).write_text(OmegaConf.to_yaml(cfg))  # as Hydra's run_job writes them (unresolved)
+
+
+def _task_cfg(cfg: DictConfig) -> DictConfig:
+    """The job's config without its hydra node: what a task (and JobReturn.cfg) sees."""
+    from hydra_plugins.kubernetes_launcher._compose import clone
+
+    task = clone(cfg)
+    with read_write(task), open_dict(task):
+        del task["hydra"]
+    return task
+
+
 def render_jobs(
     launcher: KubernetesLauncher, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
 ) -> list[Job]:
@@ -136,6 +187,7 @@ def render_jobs(
         sweep_config = launcher.hydra_context.config_loader.load_sweep_config(
             launcher.config, list(overrides)
         )
+        _check_framework_app(sweep_config)
         with open_dict(sweep_config):
             sweep_config.hydra.job.id = f"{launcher.sweep_id}_{idx}"
             sweep_config.hydra.job.num = idx
@@ -170,7 +222,9 @@ def render_jobs(
             )
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "manifests.yaml").write_text(_render.to_yaml(objs))
-        jobs.append(Job(idx, list(overrides), sweep_config, name, objs, out_dir))
+        job = Job(idx, list(overrides), sweep_config, name, objs, out_dir)
+        _save_hydra_files(job)
+        jobs.append(job)
     return jobs
 
 
@@ -213,6 +267,7 @@ def launch(
     Path(str(launcher.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
 
     jobs = render_jobs(launcher, job_overrides, initial_job_idx)
+    callbacks = launcher.hydra_context.callbacks if launcher.hydra_context is not None else None
     live = [j for j in jobs if not j.launcher.dry_run]
     seen: set[str] = set()
     for job in jobs:  # the same warnings whether the job is submitted or only rendered
@@ -220,19 +275,33 @@ def launch(
             if text not in seen or len(jobs) == 1:
                 log.warning("%s: %s", job.name, text)
             seen.add(text)
+            job.log(f"WARNING {text}")
     for job in jobs:
+        if callbacks is not None:  # Hydra's contract: around every job, with the job's config
+            HydraConfig.instance().set_config(job.cfg)
+            callbacks.on_job_start(config=job.cfg, task_function=launcher.task_function)
         if job.launcher.dry_run:
             job.status = "DRY_RUN"
-            print(
+            line = (
                 f"Wrote {job.out_dir / 'manifests.yaml'} ({job.name}); submit with: kubectl apply -f "
                 f"{job.out_dir / 'manifests.yaml'} (afterwards `framework-jobs gc -n {job.launcher.namespace}` "
                 "deletes its ConfigMap (and Service) once the job is gone)"
             )
+            print(line)
+            job.log(line)
     if live:
         _run(live)
         if len(live) > 1 and live[0].launcher.follow:
             print(format_summary([_summary(j) for j in jobs]), flush=True)
-    return [_job_return(j) for j in jobs]
+    returns = []
+    for job in jobs:
+        ret = _job_return(job)
+        job.log(f"{job.status}: {job.message}" if job.message else job.status)
+        if callbacks is not None:
+            HydraConfig.instance().set_config(job.cfg)
+            callbacks.on_job_end(config=job.cfg, job_return=ret)
+        returns.append(ret)
+    return returns
 
 
 # ------------------------------------------------------------------------------------------ submitting
@@ -264,10 +333,12 @@ def _clients(jobs: Sequence[Job]) -> dict[tuple[Any, ...], JobClient]:
     return clients
 
 
-def _emit(prefix: str) -> Any:
+def _emit(prefix: str, job: Job | None = None) -> Any:
     def emit(line: str) -> None:
         with _print_lock:
             print(f"{prefix}{line}", flush=True)
+        if job is not None:
+            job.log(line)  # rank 0's log lines, also in the job's own log file
 
     return emit
 
@@ -301,16 +372,14 @@ def _run(jobs: list[Job]) -> None:
         log_stop = threading.Event()
         follower = threading.Thread(
             target=client.follow_logs,
-            args=(job.name, _emit(prefix), log_stop),
+            args=(job.name, _emit(prefix, job), log_stop),
             daemon=True,
             name=f"logs-{job.name}",
         )
         follower.start()
         info = None
         try:
-            info = client.wait(
-                job.name, on_update=lambda line: log.info("%s%s: %s", prefix, job.ref, line), stop=stop
-            )
+            info = client.wait(job.name, on_update=lambda line: _status(job, prefix, line), stop=stop)
         except Exception as e:
             job.status, job.error, job.message = "FAILED", e, str(e)
             return
@@ -336,6 +405,11 @@ def _run(jobs: list[Job]) -> None:
     pool.shutdown(wait=True)
     for f in futures:
         f.result()  # re-raise a bug in `one` rather than reporting a half-filled job
+
+
+def _status(job: Job, prefix: str, line: str) -> None:
+    log.info("%s%s: %s", prefix, job.ref, line)
+    job.log(f"{job.ref}: {line}")
 
 
 def _outcome(job: Job, info: JobInfo) -> None:
@@ -443,8 +517,8 @@ def _job_return(job: Job) -> JobReturn:
 
     ret = JobReturn(
         overrides=job.overrides,
-        cfg=job.cfg,  # with its hydra node: no per-job copy without it (nothing downstream reads it)
-        hydra_cfg=job.cfg,
+        cfg=_task_cfg(job.cfg),  # as a task sees it: no hydra node (Hydra's contract)
+        hydra_cfg=OmegaConf.create({"hydra": job.cfg.hydra}),
         working_dir=str(job.out_dir),
         task_name=JobRuntime.instance().get("name"),
     )
