@@ -37,7 +37,7 @@ def test_help_names_the_app_and_lists_every_option_with_one_line() -> None:
     for group in ("recipe", "model", "dataset", "hardware", "launcher", "storage", "tracking", "experiment"):
         for option in sorted(p.stem for p in (conf_dir() / group).glob("*.yaml")):
             line = next(
-                (ln for ln in out.splitlines() if re.search(rf"\s{re.escape(option)}( \*)?\s+\S", ln)), None
+                (ln for ln in out.splitlines() if re.search(rf"\s{re.escape(option)}( \*)?(\s|$)", ln)), None
             )
             assert line is not None, f"{group}={option} missing from --help:\n{out}"
     assert "tiny_llama *" in out and "name: tiny_llama" not in out  # the default marked; no config dump
