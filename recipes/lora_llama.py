@@ -66,14 +66,15 @@ def export(engine: Any, cfg: DictConfig, run_dir: Path, tokenizer: Any) -> list[
     state_dict = full_state_dict(engine)  # a collective under ZeRO-3: every rank calls it
     written = ["adapter"]
     if dist.is_rank0():
+        if not cfg.model.pretrained:
+            # first: peft's save reads the base's config.json (else it warns it cannot find one)
+            save_base(state_dict, cfg, run_dir / BASE, tokenizer)
+            written.append(BASE)
         out = run_dir / "adapter"
         for pc in engine.module.peft_config.values():
             pc.base_model_name_or_path = base_reference(cfg)
         engine.module.save_pretrained(str(out), state_dict=state_dict)
         tokenizer.save_pretrained(str(out))
-        if not cfg.model.pretrained:
-            save_base(state_dict, cfg, run_dir / BASE, tokenizer)
-            written.append(BASE)
     dist.barrier()
     return written
 
