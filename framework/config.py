@@ -15,6 +15,22 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
+from framework.domains import (
+    NON_EMPTY,
+    NON_NEGATIVE,
+    NON_NEGATIVE_REAL,
+    POSITIVE,
+    POSITIVE_REAL,
+    PROBABILITY,
+    QUANTITY,
+    RUN_NAME,
+    URI,
+    Each,
+    Int,
+    Real,
+    d,
+    one_of,
+)
 from framework.errors import ConfigError
 from framework.evaluation import EvalConfig
 from framework.launcher_config import LauncherConfig
@@ -25,51 +41,54 @@ from framework.tracking_config import TrackingConfig
 @dataclass
 class RecipeConfig:
     name: str = MISSING  # entry point in recipes.RECIPES: lora_llama | full_finetune | evaluate
-    finetune: str = "lora"  # lora: train adapters only; full: train every weight; none: nothing (evaluate)
+    # lora: train adapters only; full: train every weight; none: nothing (evaluate)
+    finetune: str = d("lora", one_of("lora", "full", "none"))
 
 
 @dataclass
 class OptimConfig:
-    name: str = "adamw"  # adamw | sgd
-    lr: float = 3e-4  # peak learning rate
-    weight_decay: float = 0.0  # decoupled weight decay
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # Adam betas
-    eps: float = 1e-8  # Adam epsilon
+    name: str = d("adamw", one_of("adamw", "sgd"))  # adamw | sgd
+    lr: float = d(3e-4, Real(0.0, 1.0, lo_open=True))  # peak learning rate (above 1 only diverges)
+    weight_decay: float = d(0.0, Real(0.0, 1.0))  # decoupled weight decay
+    betas: list[float] = d([0.9, 0.999], Each(Real(0.0, 1.0, hi_open=True), length=2))  # Adam betas
+    eps: float = d(1e-8, Real(0.0, 1.0, lo_open=True))  # Adam epsilon
 
 
 @dataclass
 class SchedulerConfig:
-    name: str = "cosine"  # cosine | constant
-    warmup_steps: int = 0  # linear warmup, optimizer steps
-    min_lr_ratio: float = 0.1  # cosine floor as a fraction of optim.lr
+    name: str = d("cosine", one_of("cosine", "constant"))  # cosine | constant
+    warmup_steps: int = d(0, NON_NEGATIVE)  # linear warmup, optimizer steps
+    min_lr_ratio: float = d(0.1, PROBABILITY)  # cosine floor as a fraction of optim.lr
 
 
 @dataclass
 class TrainConfig:
-    max_steps: int | None = None  # optimizer steps; null: train for `epochs`
-    epochs: float | None = None  # passes over the train split when max_steps is null
-    micro_batch_size: int = 4  # sequences per process per forward pass
-    grad_accum: int = 1  # micro batches per optimizer step
-    global_batch_size: int | None = None  # sequences per optimizer step; null: derived (must divide if set)
-    grad_clip: float = 1.0  # max global grad norm; 0 disables
-    eval_interval: int = 20  # optimizer steps between evals; 0: only at the end
-    eval_max_batches: int = 0  # cap on eval micro batches; 0: the whole validation split
-    checkpoint_interval: int = 50  # optimizer steps between checkpoints; 0: only at the end
-    keep_last: int = 2  # checkpoints kept (the one `latest` names is never deleted)
-    seed: int = 42  # seeds init, data order, dropout
-    log_interval: int = 1  # optimizer steps between metrics lines
+    max_steps: int | None = d(None, POSITIVE)  # optimizer steps; null: train for `epochs` (set one, not both)
+    # passes over the train split when max_steps is null
+    epochs: float | None = d(None, Real(0.0, 1e6, lo_open=True))
+    micro_batch_size: int = d(4, Int(1, 1 << 20))  # sequences per process per forward pass
+    grad_accum: int = d(1, Int(1, 1 << 20))  # micro batches per optimizer step
+    # sequences per optimizer step; set: grad_accum is derived from it (micro batch x world must divide it)
+    global_batch_size: int | None = d(None, Int(1, 1 << 30))
+    grad_clip: float = d(1.0, NON_NEGATIVE_REAL)  # max global grad norm; 0 disables
+    eval_interval: int = d(20, NON_NEGATIVE)  # optimizer steps between evals; 0: only at the end
+    eval_max_batches: int = d(0, NON_NEGATIVE)  # cap on eval micro batches; 0: the whole validation split
+    checkpoint_interval: int = d(50, NON_NEGATIVE)  # optimizer steps between checkpoints; 0: only at the end
+    keep_last: int = d(2, NON_NEGATIVE)  # checkpoints kept (the one `latest` names is never deleted)
+    seed: int = d(42, Int(0, 2**32 - 1))  # seeds init, data order, dropout
+    log_interval: int = d(1, POSITIVE)  # optimizer steps between metrics lines
     progress: bool = True  # rank-0 progress bar
     compile: bool = False  # torch.compile each decoder layer in place (pays on GPU; slow to start on CPU)
 
 
 @dataclass
 class LoraConfig:
-    r: int = 8  # adapter rank
-    alpha: int = 16  # scaling numerator (scale = alpha / r)
-    dropout: float = 0.05  # dropout on the adapter input
+    r: int = d(8, POSITIVE)  # adapter rank (at most model.hidden_size)
+    alpha: int = d(16, POSITIVE)  # scaling numerator (scale = alpha / r)
+    dropout: float = d(0.05, Real(0.0, 1.0, hi_open=True))  # dropout on the adapter input
     use_dora: bool = False  # DoRA (peft): adapters on the direction, a trained magnitude per output feature
-    target_modules: list[str] = field(
-        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    target_modules: list[str] = d(
+        ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"], Each(NON_EMPTY)
     )
     # q/k/v and gate/up share one dropout and one A GEMM (framework/lora_fused.py); null: hardware.fast_paths
     fused_inputs: bool | None = None
@@ -77,24 +96,26 @@ class LoraConfig:
 
 @dataclass
 class ModelConfig:
-    name: str = MISSING  # label for logs and manifests
+    name: str = d(MISSING, NON_EMPTY)  # label for logs and manifests
     # HF checkpoint: a local dir, a URI (s3://...) or a Hub id (org/name, via the HF cache); null: random init
     # from the fields below. When set, the architecture fields below are read from its config.json.
-    pretrained: str | None = None
+    pretrained: str | None = d(None, URI)
     revision: str | None = None  # Hub id only: branch, tag or commit; recorded as the commit actually read
     architecture: str | None = None  # the checkpoint's class (config.json `architectures`); recorded, not set
-    tokenizer: str | None = None  # tokenizer dir or URI; null: `pretrained`, else the dataset's tokenizer
-    vocab_size: int = 32000
-    hidden_size: int = 2048
-    intermediate_size: int = 8192
-    num_hidden_layers: int = 16
-    num_attention_heads: int = 32
-    num_key_value_heads: int = 8
-    max_position_embeddings: int = 8192
-    rope_theta: float = 500000.0
-    rms_norm_eps: float = 1e-5
+    # tokenizer dir or URI; null: `pretrained`, else the dataset's tokenizer
+    tokenizer: str | None = d(None, URI)
+    vocab_size: int = d(32000, Int(1, 1 << 24))
+    hidden_size: int = d(2048, Int(1, 1 << 20))
+    intermediate_size: int = d(8192, Int(1, 1 << 22))
+    num_hidden_layers: int = d(16, Int(1, 4096))
+    num_attention_heads: int = d(32, Int(1, 4096))  # divides hidden_size
+    num_key_value_heads: int = d(8, Int(1, 4096))  # divides num_attention_heads
+    max_position_embeddings: int = d(8192, Int(1, 1 << 24))
+    rope_theta: float = d(500000.0, POSITIVE_REAL)
+    rms_norm_eps: float = d(1e-5, Real(0.0, 1.0, lo_open=True))
     tie_word_embeddings: bool = False
-    attn_implementation: str = "sdpa"  # eager | sdpa | flash_attention_2 | flex_attention
+    # eager | sdpa | flash_attention_2 | flex_attention
+    attn_implementation: str = d("sdpa", one_of("eager", "sdpa", "flash_attention_2", "flex_attention"))
     gradient_checkpointing: bool = False  # recompute activations in backward to save memory
     train_embeddings: bool = False  # LoRA runs also train embeddings + LM head (for random-init bases)
     # chunked LM head + cross-entropy, never materializing the full logits; null: hardware.fast_paths
@@ -103,7 +124,7 @@ class ModelConfig:
     # RMSNorm/SwiGLU: hf (transformers' modules) | lean (our autograd functions: fewer saved activations, fused
     # into single kernels by train.compile) | liger (Liger's Triton RMSNorm, SwiGLU, RoPE; CUDA, liger-kernel)
     # | auto (hardware.fast_paths: liger when installed on cuda, else lean; otherwise hf)
-    kernels: str = "auto"
+    kernels: str = d("auto", one_of("auto", "hf", "lean", "liger"))
 
 
 @dataclass
@@ -129,19 +150,19 @@ class MixtureSource:
 
 @dataclass
 class DatasetConfig:
-    name: str = MISSING  # label for logs
+    name: str = d(MISSING, NON_EMPTY)  # label for logs
     # JSONL, JSON array, parquet or CSV file; a directory of such shards; or a datasets.save_to_disk directory
     # (local path or URI). Unused by dataset=mixture (see `sources`).
-    path: str | None = MISSING
-    tokenizer: str | None = None  # tokenizer shipped with the dataset (used when the model has none)
+    path: str | None = d(MISSING, URI)
+    tokenizer: str | None = d(None, URI)  # tokenizer shipped with the dataset (used when the model has none)
     # Row style: auto (detected from the columns, logged) | chat (OpenAI `messages` role/content or ShareGPT
     # `conversations` from/value) | alpaca (instruction/input/output) | prompt_response (the *_field keys below)
     format: str = "auto"
     split: str | None = None  # split of a save_to_disk DatasetDict; null: train (or its only split)
     messages_field: str | None = None  # chat column; null: `messages` or `conversations`, whichever exists
-    prompt_field: str = "instruction"  # prompt_response: key of the prompt
+    prompt_field: str = d("instruction", NON_EMPTY)  # prompt_response: key of the prompt
     input_field: str | None = "input"  # optional extra context key; missing or empty is fine
-    response_field: str = "response"  # prompt_response: key of the target text
+    response_field: str = d("response", NON_EMPTY)  # prompt_response: key of the target text
     template: str = "### Instruction:\n{prompt}\n\n### Response:\n"  # {prompt} and {input} are filled in
     input_template: str = "### Instruction:\n{prompt}\n\n### Input:\n{input}\n\n### Response:\n"
     # Chat rows: a Jinja template (file path or the template text); null: the tokenizer's chat_template
@@ -149,14 +170,16 @@ class DatasetConfig:
     # Which tokens of a chat carry the loss: assistant (every assistant turn, with its end-of-turn token) |
     # last_assistant | all (every token). A message's own `weight` (0/1) or `train` (bool) key wins.
     train_on: str = "assistant"
-    val_path: str | None = None  # separate validation data; null: split `val_fraction` off `path`
-    val_fraction: float = 0.05  # share of examples held out for eval when val_path is null
-    max_seq_len: int = 512  # tokens per packed training sequence
+    val_path: str | None = d(None, URI)  # separate validation data; null: split `val_fraction` off `path`
+    # share of examples held out for eval when val_path is null
+    val_fraction: float = d(0.05, Real(0.0, 1.0, hi_open=True))
+    max_seq_len: int = d(512, Int(2, 1 << 24))  # tokens per packed training sequence
     packing: bool = True  # pack several examples per sequence (no attention across them)
-    overlong: str = "truncate"  # examples longer than max_seq_len: truncate | drop (counted per source)
+    # examples longer than max_seq_len: truncate | drop (counted per source)
+    overlong: str = d("truncate", one_of("truncate", "drop"))
     max_row_chars: int = 1_000_000  # a row with more text than this is refused (a runaway or corrupt row)
     # Root of the prepared (tokenized, packed) cache, local or s3://; null: $FRAMEWORK_CACHE/prepared
-    cache_dir: str | None = None
+    cache_dir: str | None = d(None, URI)
     require_prepared: bool = (
         False  # true: training refuses to tokenize; run `python -m framework.prepare` first
     )
@@ -165,33 +188,35 @@ class DatasetConfig:
 
 @dataclass
 class HardwareConfig:
-    name: str = MISSING  # label for logs and manifests
-    nodes: int = 1  # machines (pods); any profile becomes multi-node with hardware.nodes=N
-    nproc_per_node: int = 1  # training processes per node (one per GPU)
-    accelerator: str = "cpu"  # cpu | cuda
-    resource_name: str | None = None  # extended resource requested per pod, e.g. nvidia.com/gpu
-    gpus_per_node: int = 0  # count of resource_name per pod
-    cpu: str = (
-        "2"  # the node's allocatable CPU (Kubernetes quantity); pods request allocatable_fraction of it
-    )
-    memory: str = "8Gi"  # the node's allocatable memory (Kubernetes quantity); pods request the same fraction
+    name: str = d(MISSING, NON_EMPTY)  # label for logs and manifests
+    nodes: int = d(1, Int(1, 4096))  # machines (pods); any profile becomes multi-node with hardware.nodes=N
+    nproc_per_node: int = d(1, Int(1, 256))  # training processes per node (one per GPU)
+    accelerator: str = d("cpu", one_of("cpu", "cuda"))  # cpu | cuda
+    resource_name: str | None = d(None, NON_EMPTY)  # extended resource requested per pod, e.g. nvidia.com/gpu
+    gpus_per_node: int = d(0, Int(0, 256))  # count of resource_name per pod
+    # the node's allocatable CPU (Kubernetes quantity); pods request allocatable_fraction of it
+    cpu: str = d("2", QUANTITY)
+    # the node's allocatable memory (Kubernetes quantity); pods request the same fraction
+    memory: str = d("8Gi", QUANTITY)
     # share of cpu/memory a pod requests (= limits, Guaranteed QoS); the rest is for daemonsets (GPU operator,
     # DCGM exporter, CNI, log agents)
-    allocatable_fraction: float = 0.9
+    allocatable_fraction: float = d(0.9, Real(0.0, 1.0, lo_open=True))
     extra_resources: dict[str, int] = field(
         default_factory=dict
     )  # e.g. {rdma/ib: 1}, {vpc.amazonaws.com/efa: 32}
     nccl_env: dict[str, str] = field(
         default_factory=dict
     )  # NCCL/EFA env of the profile (launcher.env overrides)
-    shm_size: str = "1Gi"  # /dev/shm size per pod (memory-backed emptyDir)
-    precision: str = "fp32"  # fp32 | bf16 | fp16
-    zero_stage: int = 0  # DeepSpeed ZeRO stage: 0 | 1 | 2 | 3
+    shm_size: str = d("1Gi", QUANTITY)  # /dev/shm size per pod (memory-backed emptyDir)
+    precision: str = d("fp32", one_of("fp32", "bf16", "fp16"))  # fp32 | bf16 | fp16
+    zero_stage: int = d(0, one_of(0, 1, 2, 3, what="a ZeRO stage"))  # DeepSpeed ZeRO stage: 0 | 1 | 2 | 3
     offload_optimizer: bool = False  # ZeRO-Offload of optimizer state to CPU
     offload_param: bool = False  # ZeRO-3 parameter offload to CPU
-    bucket_size: int = 500_000_000  # DeepSpeed reduce/allgather bucket size (elements)
-    gpu_memory_gb: float | None = None  # memory per GPU; set: the launch is checked against an estimate
-    cpu_threads: int | None = None  # torch threads per process; null: auto (1 for small models on CPU)
+    bucket_size: int = d(500_000_000, Int(1, 1 << 40))  # DeepSpeed reduce/allgather bucket size (elements)
+    # memory per GPU; set: the launch is checked against an estimate
+    gpu_memory_gb: float | None = d(None, Real(0.0, 1e5, lo_open=True))
+    # torch threads per process; null: auto (1 for small models on CPU)
+    cpu_threads: int | None = d(None, Int(1, 4096))
     # defaults of model.fused_linear_ce, model.kernels=auto and lora.fused_inputs (framework/fastpath.py)
     fast_paths: bool = False
     node_selector: dict[str, str] = field(default_factory=dict)  # pod nodeSelector
@@ -212,9 +237,9 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     lora: LoraConfig | None = field(default_factory=LoraConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
-    run_name: str = "run"  # names the run in logs, trackers and Kubernetes objects
+    run_name: str = d("run", RUN_NAME)  # names the run in logs, trackers and Kubernetes objects
     # auto: continue from checkpoints/latest if present | none | <step> | <checkpoint path or URI>
-    resume: str = "auto"
+    resume: str = d("auto", NON_EMPTY)
     debug: bool = False  # show full tracebacks
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from framework.domains import QUANTITY, d
+
 
 @dataclass
 class LauncherConfig:
@@ -60,8 +62,9 @@ class LauncherConfig:
     run_as_user: int = 1000  # pod UID and GID; the image's user (dockerfiles/Dockerfile)
     fs_group: int = 1000  # group that owns mounted volumes
     mount_service_account_token: bool = False  # mount service_account's token (only if pods call the API)
-    tmp_size: str = "10Gi"  # sizeLimit of the /tmp emptyDir (Kubernetes quantity)
-    cache_size: str = "50Gi"  # sizeLimit of the /cache emptyDir: HF_HOME, Triton, torch extensions
+    tmp_size: str = d("10Gi", QUANTITY)  # sizeLimit of the /tmp emptyDir (Kubernetes quantity)
+    # sizeLimit of the /cache emptyDir: HF_HOME, Triton, torch extensions
+    cache_size: str = d("50Gi", QUANTITY)
     egress_cidrs: list[str] = field(default_factory=list)  # NetworkPolicy egress beyond peers+DNS: 0.0.0.0/0
     # --- API client ---
     poll_interval_s: float = 5.0  # seconds between status checks while following a job

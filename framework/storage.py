@@ -1196,3 +1196,22 @@ def local_copy(uri: PathLike, cache_dir: PathLike | None = None) -> Path:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def scheme_problem(scheme: str) -> str | None:
+    """Why a URI scheme cannot be read or written here (unknown, or its filesystem package not installed);
+    None when it can. Cheap: finds the package without importing it."""
+    import importlib.util
+
+    from fsspec.registry import known_implementations, registry
+
+    scheme = scheme.lower()
+    if scheme in _LOCAL_PROTOCOLS or scheme in registry:
+        return None
+    impl = known_implementations.get(scheme)
+    if impl is None:
+        return f"uses the unknown scheme {scheme}://; use a local path or e.g. s3://bucket/path"
+    module = impl["class"].split(".", 1)[0]
+    if importlib.util.find_spec(module) is None:
+        return f"needs the {module} package for {scheme}://, which is not installed (pip install {module})"
+    return None

@@ -21,7 +21,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from framework import fastpath, pretrained
+from framework import domains, fastpath, pretrained
 from framework.config import Config, package_path
 from framework.errors import ConfigError
 from framework.evaluation import eval_problems
@@ -41,38 +41,6 @@ LAUNCHER_PROBLEMS: dict[str, str] = {
 }
 LAUNCHERS = ("local", *LAUNCHER_PROBLEMS)
 
-CHOICES: dict[str, tuple[str, ...]] = {
-    "recipe.finetune": ("lora", "full", "none"),
-    "optim.name": ("adamw", "sgd"),
-    "scheduler.name": ("cosine", "constant"),
-    "model.attn_implementation": ("eager", "sdpa", "flash_attention_2", "flex_attention"),
-    "model.kernels": ("auto", "hf", "lean", "liger"),
-    "dataset.overlong": ("truncate", "drop"),
-    "hardware.accelerator": ("cpu", "cuda"),
-    "hardware.precision": ("fp32", "bf16", "fp16"),
-    "launcher.name": LAUNCHERS,
-    "storage.name": ("local", "s3"),
-}
-
-POSITIVE_INTS = (
-    "train.micro_batch_size",
-    "train.grad_accum",
-    "train.log_interval",
-    "dataset.max_seq_len",
-    "hardware.nodes",
-    "hardware.nproc_per_node",
-    "model.hidden_size",
-    "model.num_hidden_layers",
-    "model.num_attention_heads",
-    "model.num_key_value_heads",
-    "model.vocab_size",
-)
-NON_NEGATIVE = (
-    "train.eval_interval",
-    "train.checkpoint_interval",
-    "train.grad_clip",
-    "train.eval_max_batches",
-)
 # model.pretrained is read (or reported missing) by framework.pretrained.apply: it may also be a Hub model id.
 PATH_KEYS = ("dataset.path", "dataset.val_path", "dataset.tokenizer", "model.tokenizer", "eval.run")
 
@@ -96,21 +64,10 @@ def _get(cfg: DictConfig, key: str) -> object:
 
 
 def _generic(cfg: DictConfig, group: str) -> list[str]:
-    """The table-driven checks (CHOICES, POSITIVE_INTS, NON_NEGATIVE) of the keys under ``group``."""
-    problems = []
-    for key, valid in CHOICES.items():
-        value = _get(cfg, key) if key.startswith(f"{group}.") else None
-        if value is not None and value not in valid:
-            problems.append(f"{key}={value!r} is not valid; choose one of: {', '.join(valid)}")
-    for key in POSITIVE_INTS:
-        value = _get(cfg, key) if key.startswith(f"{group}.") else None
-        if isinstance(value, int) and value < 1:
-            problems.append(f"{key}={value} must be >= 1")
-    for key in NON_NEGATIVE:
-        value = _get(cfg, key) if key.startswith(f"{group}.") else None
-        if isinstance(value, int | float) and value < 0:
-            problems.append(f"{key}={value} must be >= 0")
-    return problems
+    """Every field of ``group`` outside the domain its schema declares (``framework.domains``)."""
+    schema = domains.declared(Config)[group][1]
+    assert schema is not None, group
+    return domains.problems(cfg.get(group), schema, group)
 
 
 # ------------------------------------------------------------------------------------------------- groups
@@ -131,13 +88,15 @@ def train_problems(cfg: DictConfig) -> list[str]:
     train, hw = cfg.train, cfg.hardware
     if train.max_steps is None and train.epochs is None:
         problems.append("train.max_steps and train.epochs are both null; set one, e.g. train.max_steps=100")
-    if train.max_steps is not None and train.max_steps < 1:
-        problems.append(f"train.max_steps={train.max_steps} must be >= 1")
-    if train.epochs is not None and train.epochs <= 0:
-        problems.append(f"train.epochs={train.epochs} must be > 0")
+    if train.max_steps is not None and train.epochs is not None:
+        # One decides the length of the run; the recipes set max_steps, so epochs needs max_steps=null.
+        problems.append(
+            f"train.max_steps={train.max_steps} and train.epochs={train.epochs} are both set; keep one: "
+            "train.max_steps=<steps>, or train.epochs=<passes> train.max_steps=null"
+        )
     world = hw.nodes * hw.nproc_per_node
     per_step = train.micro_batch_size * world
-    if train.global_batch_size is not None and per_step > 0:
+    if train.global_batch_size is not None and per_step > 0 and train.global_batch_size > 0:
         if train.global_batch_size % per_step != 0:
             problems.append(
                 f"train.global_batch_size={train.global_batch_size} is not divisible by micro_batch_size x "
@@ -157,18 +116,30 @@ def optim_problems(cfg: DictConfig) -> list[str]:
 
 
 def scheduler_problems(cfg: DictConfig) -> list[str]:
-    return _generic(cfg, "scheduler")
+    problems = _generic(cfg, "scheduler")
+    warmup, steps = cfg.scheduler.warmup_steps, cfg.train.max_steps
+    if isinstance(warmup, int) and isinstance(steps, int) and steps >= 1 and warmup > steps:
+        # A warning, not a refusal: smoke runs of a few steps keep the recipe's warmup on purpose.
+        log.warning(
+            "scheduler.warmup_steps=%d is longer than train.max_steps=%d: the learning rate never reaches "
+            "optim.lr (peak %.3g of it); lower scheduler.warmup_steps",
+            warmup,
+            steps,
+            steps / warmup,
+        )
+    return problems
 
 
 def lora_problems(cfg: DictConfig) -> list[str]:
     lora = cfg.lora
     if lora is None:
         return []  # needed or not is the recipe's question (recipe_problems)
-    problems = []
-    if lora.r < 1:
-        problems.append(f"lora.r={lora.r} must be >= 1")
-    if not 0.0 <= lora.dropout < 1.0:
-        problems.append(f"lora.dropout={lora.dropout} must be in [0, 1)")
+    problems = _generic(cfg, "lora")
+    hidden = cfg.model.hidden_size
+    if isinstance(lora.r, int) and isinstance(hidden, int) and lora.r > hidden >= 1:
+        problems.append(
+            f"lora.r={lora.r} exceeds model.hidden_size={hidden}: an adapter's rank is at most the layer width"
+        )
     if not lora.target_modules:
         problems.append("lora.target_modules is empty; name at least one module, e.g. [q_proj,v_proj]")
     return problems
@@ -177,8 +148,18 @@ def lora_problems(cfg: DictConfig) -> list[str]:
 def model_problems(cfg: DictConfig) -> list[str]:
     """``model`` (its pretrained checkpoint already read into it by :func:`validate`): options and what they
     need (framework.model.option_problems: train_embeddings vs tied weights, QLoRA)."""
-    problems = _generic(cfg, "model") + option_problems(cfg)
-    hw = cfg.hardware
+    problems = _generic(cfg, "model")
+    hw, m = cfg.hardware, cfg.model
+    heads, kv, hidden = m.num_attention_heads, m.num_key_value_heads, m.hidden_size
+    if not problems and hidden % heads:
+        problems.append(f"model.hidden_size={hidden} is not divisible by model.num_attention_heads={heads}")
+    elif not problems and (hidden // heads) % 2:
+        problems.append(f"model.hidden_size / num_attention_heads = {hidden // heads} must be even (rotary)")
+    if not problems and heads % kv:
+        problems.append(
+            f"model.num_attention_heads={heads} is not divisible by model.num_key_value_heads={kv}"
+        )
+    problems += option_problems(cfg)
     if hw.accelerator == "cpu" and cfg.model.attn_implementation == "flash_attention_2":
         problems.append("model.attn_implementation=flash_attention_2 needs a GPU; on CPU use sdpa")
     if hw.accelerator == "cpu" and cfg.model.kernels == "liger":
@@ -189,12 +170,10 @@ def model_problems(cfg: DictConfig) -> list[str]:
 def dataset_problems(cfg: DictConfig) -> list[str]:
     problems = _generic(cfg, "dataset")
     ds = cfg.dataset
-    if not 0.0 <= ds.val_fraction < 1.0:
-        problems.append(f"dataset.val_fraction={ds.val_fraction} must be in [0, 1)")
-    if "{prompt}" not in ds.template:
-        problems.append("dataset.template must contain {prompt}")
+    if isinstance(ds.template, str) and "{prompt}" not in ds.template:
+        problems.append(f"dataset.template={domains.show(ds.template)} must contain {{prompt}}")
     model_max = cfg.model.max_position_embeddings
-    if ds.max_seq_len > model_max:
+    if isinstance(ds.max_seq_len, int) and ds.max_seq_len > model_max:
         problems.append(
             f"dataset.max_seq_len={ds.max_seq_len} exceeds model.max_position_embeddings={model_max}"
         )
@@ -207,8 +186,6 @@ def hardware_problems(cfg: DictConfig) -> list[str]:
     """``hardware``: process counts, precision, and which ZeRO stage can take which option."""
     problems = _generic(cfg, "hardware")
     hw = cfg.hardware
-    if hw.zero_stage not in (0, 1, 2, 3):
-        problems.append(f"hardware.zero_stage={hw.zero_stage} is not a ZeRO stage; choose 0, 1, 2 or 3")
     if hw.offload_param and hw.zero_stage != 3:
         problems.append(
             f"hardware.offload_param=true needs ZeRO stage 3 (hardware.zero_stage={hw.zero_stage}); "
@@ -231,8 +208,13 @@ def hardware_problems(cfg: DictConfig) -> list[str]:
 
 def storage_problems(cfg: DictConfig) -> list[str]:
     problems = _generic(cfg, "storage")
-    if cfg.storage.retries < 1:
-        problems.append(f"storage.retries={cfg.storage.retries} must be >= 1 (1: no retry)")
+    st = cfg.storage
+    if st.name == "s3" and not (isinstance(st.output_uri, str) and st.output_uri.startswith("s3://")):
+        # conf/storage/s3.yaml says ??? but a group's ??? never overrides the schema's null: checked here.
+        problems.append(
+            f"storage=s3 needs storage.output_uri=s3://<bucket>/<path> (it is {st.output_uri!r}); without it the "
+            "run directory would stay on the pod's local disk and be lost"
+        )
     return problems
 
 
@@ -243,6 +225,10 @@ def tracking_problems(cfg: DictConfig) -> list[str]:
 def launcher_problems(cfg: DictConfig) -> list[str]:
     """``launcher.name`` itself, then the chosen launcher's own list from :data:`LAUNCHER_PROBLEMS`."""
     problems = _generic(cfg, "launcher")
+    if cfg.launcher.name not in LAUNCHERS:
+        problems.append(
+            f"launcher.name={cfg.launcher.name!r} is not valid; choose one of: {', '.join(LAUNCHERS)}"
+        )
     entry = LAUNCHER_PROBLEMS.get(str(cfg.launcher.name))
     if problems or entry is None:
         return problems
@@ -295,6 +281,45 @@ def _local_missing(uri: str | None) -> bool:
     return not Path(path).expanduser().exists()
 
 
+OUTPUT_KEYS = ("storage.output_uri", "storage.cache_dir", "dataset.cache_dir")
+
+
+def _unwritable(path: Path) -> str | None:
+    """Why ``path`` cannot be created and written (None: it can). Probes the nearest existing ancestor with a
+    temporary file, which catches read-only mounts and /proc, where permission bits say nothing (root)."""
+    import tempfile
+
+    probe = path
+    while not probe.exists():
+        if probe.parent == probe:
+            return "no parent directory exists"
+        probe = probe.parent
+    if not probe.is_dir():
+        return f"{probe} is a file, not a directory"
+    try:
+        fd, name = tempfile.mkstemp(dir=probe, prefix=".framework-probe-")
+    except OSError as e:
+        return f"{probe} is not writable ({e.strerror})"
+    os.close(fd)
+    os.unlink(name)
+    return None
+
+
+def _output_problems(cfg: DictConfig, missing: set[str]) -> list[str]:
+    """Local output locations must be writable (or creatable) before any work starts."""
+    problems = []
+    for key in OUTPUT_KEYS:
+        value = _get(cfg, key)
+        if not isinstance(value, str) or key in missing or not value.strip():
+            continue
+        if "://" in value and not value.startswith("file://"):
+            continue  # remote: checked by the first write, with retries (framework.storage)
+        why = _unwritable(Path(value.removeprefix("file://")).expanduser())
+        if why:
+            problems.append(f"{key}={value} cannot be written: {why}; choose a writable location")
+    return problems
+
+
 def host_problems(
     cfg: DictConfig, *, gpu_count: Callable[[], int] | None, check_local_paths: bool, missing: set[str]
 ) -> list[str]:
@@ -305,6 +330,15 @@ def host_problems(
         value = _get(cfg, key)
         if check_local_paths and isinstance(value, str) and key not in missing and _local_missing(value):
             problems.append(f"{key}={value} does not exist; fix the path (local path or s3:// URI)")
+    if check_local_paths:
+        problems += _output_problems(cfg, missing)
+        resume = _get(cfg, "resume")
+        named = isinstance(resume, str) and resume not in ("auto", "none") and not resume.isdigit()
+        if named and "://" not in str(resume) and not Path(str(resume)).expanduser().exists():
+            problems.append(
+                f"resume={resume} does not exist; name a checkpoint dir (…/checkpoints/step_<N>), a step "
+                "number, auto or none"
+            )
     if cfg.launcher.name == "local" and hw.accelerator == "cuda" and gpu_count is not None:
         have = gpu_count()
         if have == 0:
@@ -362,4 +396,13 @@ def check(
     if problems:
         raise ConfigError(problems)
     fastpath.settle(cfg)  # config.yaml records the speed paths the run uses, not "auto"
+    return apply_global_batch_size(cfg)
+
+
+def apply_global_batch_size(cfg: DictConfig) -> DictConfig:
+    """``train.global_batch_size`` decides grad accumulation: global / (micro batch x world size); the resolved
+    config (config.yaml, the pods' copy) records the derived value. Divisibility was checked above."""
+    tr, hw = cfg.train, cfg.hardware
+    if tr.global_batch_size is not None:
+        tr.grad_accum = int(tr.global_batch_size) // (tr.micro_batch_size * hw.nodes * hw.nproc_per_node)
     return cfg
