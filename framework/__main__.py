@@ -12,6 +12,7 @@ import contextlib
 import importlib
 import logging
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -39,7 +40,9 @@ from framework.validate import check
 from recipes import RECIPES
 
 log = logging.getLogger("framework")
-_failed_jobs: list[str] = []
+_failed_jobs: list[tuple[str, int]] = []  # (message, exit code) of each sweep job that did not finish
+_run_error: list[FrameworkError] = []  # the error of a single run, raised by main() (not through Hydra)
+_in_task = False  # an error escaping while False happened in Hydra's set-up: the command line's doing
 _validate_only = False  # set by main() for --validate
 VALIDATE_FLAG = "--validate"
 
@@ -110,7 +113,9 @@ def task(cfg: DictConfig) -> dict[str, Any]:
 
     if dist.under_torchrun() and int(os.environ.get("RANK", "0")) != 0:
         logging.getLogger().setLevel(logging.WARNING)
+    global _in_task
     multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+    _in_task = True
     try:
         if _validate_only:
             return validate_only(cfg)
@@ -129,11 +134,15 @@ def task(cfg: DictConfig) -> dict[str, Any]:
         return result
     except FrameworkError as e:
         if not multirun:
-            raise
+            # Returned, not raised through Hydra (which would print its own "Error executing job" line first).
+            _run_error.append(e)
+            return {"status": "REJECTED" if e.exit_code == EXIT_USAGE else "FAILED", "error": str(e)}
         # One failing sweep job must not stop the others; the summary and the exit code report it.
         log.error("%s", e)
-        _failed_jobs.append(str(e))
-        return {"status": "FAILED", "error": str(e)}
+        _failed_jobs.append((str(e), e.exit_code))
+        return {"status": "REJECTED" if e.exit_code == EXIT_USAGE else "FAILED", "error": str(e)}
+    finally:
+        _in_task = False
 
 
 def validate_only(cfg: DictConfig) -> dict[str, Any]:
@@ -157,6 +166,33 @@ def validate_overrides(args: list[str], out_dir: str) -> list[str]:
     if any(a in ("-m", "--multirun") for a in args):
         return ["hydra/launcher=basic", f"hydra.sweep.dir={out_dir}"]
     return ["hydra.mode=RUN", f"hydra.run.dir={out_dir}", "hydra.output_subdir=null"]
+
+
+_SETUP_ERRORS = (
+    HydraException,
+    OmegaConfBaseException,
+    AssertionError,
+    ValueError,
+    KeyError,
+    TypeError,
+    OSError,
+)
+
+
+def describe_setup_error(e: BaseException, args: list[str]) -> tuple[str, int] | None:
+    """An error Hydra raised before the task ran (composing the command line, creating the run directory): the
+    user's to fix, so exit 2, every rejected override named with Hydra's reason in one line."""
+    from framework import overrides
+
+    if isinstance(e, OSError) and not isinstance(e, FrameworkError | HydraException):
+        return f"Invalid config: {overrides.setup_os_error(e)}", EXIT_USAGE
+    if not isinstance(e, _SETUP_ERRORS):
+        return None
+    try:
+        problems = overrides.explain(args)
+    except Exception:  # noqa: BLE001 - the explanation is best effort; Hydra's own reason follows
+        problems = []
+    return str(ConfigError(problems or [overrides.describe(e)])), EXIT_USAGE
 
 
 def describe_error(e: BaseException) -> tuple[str, int]:
@@ -256,25 +292,48 @@ def main(argv: list[str] | None = None) -> int:
         return _main(args)
 
 
+class _Terminated(BaseException):
+    """SIGTERM before training installed its own handler (which saves a checkpoint first)."""
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise _Terminated(signum)
+
+
 def _main(args: list[str]) -> int:
+    from framework import overrides
+
     debug = os.environ.get("FRAMEWORK_DEBUG") == "1" or any(a in ("debug=true", "debug=True") for a in args)
     os.environ["HYDRA_FULL_ERROR"] = "1"  # errors reach us; we print them once, cleanly
     register()
     sys.argv = [sys.argv[0] if sys.argv else "framework", *args]
     _failed_jobs.clear()
+    _run_error.clear()
     app = hydra.main(config_path=str(conf_dir()), config_name="config", version_base="1.3")(task)
+    with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
+        previous_term = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
+        wrong = overrides.precheck(args)
+        if wrong:
+            raise ConfigError(wrong)
         with _single_compose(args):
             app()
+        if _run_error:
+            raise _run_error[0]
     except SystemExit as e:
         return int(e.code) if isinstance(e.code, int) else (0 if e.code is None else EXIT_USAGE)
     except BaseException as e:  # noqa: BLE001 - the single place errors become exit codes
         if isinstance(e, KeyboardInterrupt):
+            print("error: interrupted (Ctrl-C) before training started; nothing was saved", file=sys.stderr)
             return 130
         if isinstance(e, BrokenPipeError):  # `framework --help | head`: the reader left, nothing went wrong
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             return 0
-        msg, code = describe_error(e)
+        if isinstance(e, _Terminated):
+            print("error: stopped by SIGTERM before training started; nothing to save", file=sys.stderr)
+            return 143
+        setup = None if _in_task or isinstance(e, FrameworkError) else describe_setup_error(e, args)
+        msg, code = setup or describe_error(e)
         if debug and code != EXIT_RUNTIME:
             traceback.print_exception(e)
         print(f"error: {msg}", file=sys.stderr, flush=True)
@@ -283,9 +342,17 @@ def _main(args: list[str]) -> int:
                 "(exit code 2: fix the config and rerun; add debug=true for the traceback)", file=sys.stderr
             )
         return code
+    finally:
+        with contextlib.suppress(ValueError, NameError):
+            signal.signal(signal.SIGTERM, previous_term)
     if _failed_jobs:
-        print(f"error: {len(_failed_jobs)} sweep job(s) failed", file=sys.stderr)
-        return EXIT_USAGE if _validate_only else EXIT_RUNTIME
+        rejected = sum(code == EXIT_USAGE for _, code in _failed_jobs)
+        print(
+            f"error: {len(_failed_jobs)} sweep job(s) did not finish: {rejected} rejected for their config or "
+            f"data (fix and rerun those), {len(_failed_jobs) - rejected} failed",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE if rejected or _validate_only else EXIT_RUNTIME
     return 0
 
 

@@ -206,7 +206,7 @@ def _plain(value: Any) -> Any:
     )
 
 
-def _show(value: Any) -> str:
+def show(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 60 else f"{text[:57]}..."
 
@@ -240,7 +240,7 @@ def problems(cfg: DictConfig | None, schema: type, prefix: str) -> list[str]:
             plain = _plain(value)
             problem = domain.problem(plain)
             if problem:
-                found.append(f"{key}={_show(plain)} {problem}")
+                found.append(f"{key}={show(plain)} {problem}")
     return found
 
 
@@ -272,3 +272,22 @@ class RunName(Domain):
 
 
 RUN_NAME = RunName()
+
+
+def path_safe(name: Any, limit: int = RUN_NAME.limit) -> str:
+    """A run name as one directory name, for ``hydra.run.dir`` (resolver ``${path_safe:...}``): separators and
+    ``..`` cannot leave outputs/, and a long name is shortened (with a hash, so two long names stay apart).
+    Validation then refuses such a run_name with its limit; this keeps Hydra from writing elsewhere first."""
+    import hashlib
+
+    text = str(name)
+    safe = re.sub(r"[/\\\x00-\x1f]", "_", text).strip() or "run"
+    if set(safe) == {"."}:
+        safe = safe.replace(".", "_")
+    if len(safe.encode()) > limit:
+        safe = f"{safe[: limit - 9]}-{hashlib.sha1(text.encode()).hexdigest()[:8]}"
+    return safe
+
+
+if not OmegaConf.has_resolver("path_safe"):
+    OmegaConf.register_new_resolver("path_safe", path_safe)

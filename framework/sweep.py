@@ -17,7 +17,7 @@ from framework.tables import fmt, ranked_table
 @dataclass
 class JobSummary:
     overrides: str  # the job's sweep overrides, "k=v k=v"
-    status: str  # COMPLETED | FAILED | ...
+    status: str  # COMPLETED | REJECTED (config or data: exit 2) | FAILED | ...
     eval_loss: float | None = None  # final eval loss
     tokens_per_s: float | None = None  # mean training throughput
     wall_s: float | None = None  # wall time of the job
@@ -28,7 +28,7 @@ class JobSummary:
         value = value if isinstance(value, dict) else {}
         return cls(
             overrides=" ".join(overrides) or "(no overrides)",
-            status=status,
+            status=str(value.get("status") or status),  # the task's own verdict: REJECTED, FAILED, ...
             eval_loss=value.get("eval_loss"),
             tokens_per_s=value.get("tokens_per_s"),
             wall_s=value.get("wall_s"),

@@ -53,8 +53,9 @@ def with_schema(cfg: DictConfig) -> DictConfig:
     try:
         merged = OmegaConf.merge(OmegaConf.structured(Config), plain)
     except OmegaConfBaseException as e:
-        key = getattr(e, "full_key", None) or "?"
-        raise ConfigError(f"{key}: {e.msg if hasattr(e, 'msg') else e}") from e
+        from framework.overrides import describe  # in the project's words, not OmegaConf's
+
+        raise ConfigError(describe(e)) from e
     assert isinstance(merged, DictConfig)
     return merged
 
@@ -246,7 +247,18 @@ def launcher_problems(cfg: DictConfig) -> list[str]:
     return list(getattr(found, func)(cfg))
 
 
+def run_problems(cfg: DictConfig) -> list[str]:
+    """The top-level keys (``run_name``, ``resume``): their domains, as every group's."""
+    found = []
+    for name, (domain, nested) in domains.declared(Config).items():
+        value = _get(cfg, name)
+        if nested is None and domain is not None and value is not None and (problem := domain.problem(value)):
+            found.append(f"{name}={domains.show(value)} {problem}")
+    return found
+
+
 GROUPS: tuple[Problems, ...] = (
+    run_problems,
     recipe_problems,
     train_problems,
     optim_problems,
