@@ -10,6 +10,7 @@ at compose time; a domain says which values of that type mean something. No torc
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import re
 import typing
@@ -211,6 +212,7 @@ def show(value: Any) -> str:
     return text if len(text) <= 60 else f"{text[:57]}..."
 
 
+@functools.cache
 def declared(schema: type) -> dict[str, tuple[Domain | None, type | None]]:
     """Field name -> (its domain, the nested dataclass when it is a section)."""
     hints = typing.get_type_hints(schema)
