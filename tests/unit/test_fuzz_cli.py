@@ -47,6 +47,7 @@ def test_fuzz_cli(tmp_path: Path, capfd: pytest.CaptureFixture[str], monkeypatch
     monkeypatch.chdir(tmp_path)
     deadline = time.monotonic() + BUDGET_S
     stats = {"cases": 0, "mistakes": 0, "exit2": 0, "traceback_free": 0, "key_named": 0, "all_keys_named": 0}
+    stats["omegaconf_internals"] = 0  # messages showing OmegaConf's `full_key:` / `object_type=`
     accepted_nonsense, failures = [], []
     for i, case in enumerate(cases(CASES, SEED)):
         if time.monotonic() > deadline:
@@ -58,6 +59,9 @@ def test_fuzz_cli(tmp_path: Path, capfd: pytest.CaptureFixture[str], monkeypatch
         line = " ".join(argv(case))
         if "Traceback" in text:
             failures.append(f"traceback: {line}\n{text[-1500:]}")
+        if "full_key:" in text or "object_type=" in text:
+            stats["omegaconf_internals"] += 1
+            failures.append(f"OmegaConf internals in the message: {line}\n{text[-800:]}")
         if bad:
             stats["mistakes"] += 1
             stats["exit2"] += rc == 2
