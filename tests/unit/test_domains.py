@@ -94,6 +94,8 @@ CHECKED_ELSEWHERE = {
     "model.architecture",  # recorded from the checkpoint, never set
     "hardware.node_selector",  # Kubernetes maps: the launcher checks them
     "hardware.tolerations",
+    "hardware.extra_resources",
+    "hardware.nccl_env",
     "debug",
     # framework.data.problems checks these for the dataset and for each mixture source alike
     "dataset.format",

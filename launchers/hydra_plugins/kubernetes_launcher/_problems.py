@@ -194,14 +194,7 @@ def _interconnect(launcher: Mapping[str, Any], hw: Mapping[str, Any]) -> list[st
     for var in hw.get("nccl_env") or {}:
         if not ENV_NAME.match(str(var)) or var in RESERVED_ENV:
             problems.append(f"hardware.nccl_env.{var}: not a variable the profile may set")
-    fraction = hw.get("allocatable_fraction")
-    if fraction is not None and not 0 < float(fraction) <= 1:
-        problems.append(f"hardware.allocatable_fraction={fraction} must be in (0, 1]")
-    for key in ("cpu", "memory"):
-        if hw.get(key) is not None and not _QUANTITY.match(str(hw.get(key))):
-            problems.append(
-                f"hardware.{key}={hw.get(key)!r} is not a Kubernetes quantity like 96, 500m or 1152Gi"
-            )
+    # hardware.cpu, .memory and .allocatable_fraction: their domains in the schema (framework.domains) check them
     for net in launcher.get("networks") or []:
         if not _NETWORK.match(str(net)):
             problems.append(
