@@ -7,9 +7,13 @@ prints N cases.
 
 from __future__ import annotations
 
+import logging
 import random
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
+
+import pytest
 
 
 @dataclass(frozen=True)
@@ -143,6 +147,20 @@ def cases(n: int, seed: int = 17) -> list[list[Mutation]]:
         unique = [m for m in picked if not (m.key in seen or seen.add(m.key))]  # one mutation per key
         out.append(unique)
     return out
+
+
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    """An in-process ``main()`` lets Hydra configure logging onto pytest's captured stream, which is closed after
+    the test; later tests would log into it. Put the root logger back as it was."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    framework = logging.getLogger("framework")
+    fw_handlers, fw_level = framework.handlers[:], framework.level
+    yield
+    root.handlers[:], framework.handlers[:] = handlers, fw_handlers
+    root.setLevel(level)
+    framework.setLevel(fw_level)
 
 
 def argv(case: list[Mutation]) -> list[str]:

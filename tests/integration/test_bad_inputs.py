@@ -18,10 +18,11 @@ import pytest
 
 from framework import __main__ as cli
 from tests.data_fixtures import SAMPLE_TOKENIZER, chat_tokenizer, save_tokenizer
+from tests.fuzz_cases import restore_logging  # noqa: F401 - a fixture
 from tests.pretrained_fixtures import TINY, write_checkpoint
 from tests.unit import test_bad_data, test_checkpoint_damage, test_pretrained
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("restore_logging")]
 
 ONE_STEP = ["train.max_steps=1", "train.eval_interval=0", "train.progress=false", "scheduler.warmup_steps=0"]
 

@@ -14,9 +14,13 @@ from pathlib import Path
 import pytest
 
 from framework import __main__ as cli
-from tests.fuzz_cases import argv, cases
+from tests.fuzz_cases import (
+    argv,
+    cases,
+    restore_logging,  # noqa: F401 - a fixture
+)
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("restore_logging")]
 
 REAL_CASES = int(os.environ.get("FRAMEWORK_FUZZ_REAL_CASES", "30"))
 SHORT = [

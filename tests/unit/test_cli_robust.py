@@ -11,6 +11,9 @@ from typing import Any
 import pytest
 
 from framework import __main__ as cli
+from tests.fuzz_cases import restore_logging  # noqa: F401 - a fixture
+
+pytestmark = pytest.mark.usefixtures("restore_logging")
 
 
 @pytest.fixture

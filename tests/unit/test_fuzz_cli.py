@@ -16,7 +16,14 @@ from typing import Any
 import pytest
 
 from framework import __main__ as cli
-from tests.fuzz_cases import Mutation, argv, cases
+from tests.fuzz_cases import (
+    Mutation,
+    argv,
+    cases,
+    restore_logging,  # noqa: F401 - a fixture
+)
+
+pytestmark = pytest.mark.usefixtures("restore_logging")
 
 CASES = int(os.environ.get("FRAMEWORK_FUZZ_CASES", "240"))
 BUDGET_S = float(os.environ.get("FRAMEWORK_FUZZ_BUDGET_S", "90"))  # ~0.3 s a case on an idle core
