@@ -76,6 +76,9 @@ class LauncherConfig:
     run_dir_shared: bool = False  # a local run dir is a path every Ray node mounts (NFS, RWX PVC)
     ray_python: str = "python"  # interpreter on the Ray cluster that has the framework installed
     ray_memory_fraction: float = 0.6  # share of hardware.memory requested from Ray (it keeps ~30%)
+    ray_head_cpu: str = "2"  # rayjob: CPU of the head pod (no GPUs; it runs the driver, not training)
+    ray_head_memory: str = "8Gi"  # rayjob: memory of the head pod (Kubernetes quantity)
+    ray_auth_secret: str | None = None  # rayjob: "secret:key" holding RAY_AUTH_TOKEN; null: KubeRay's own
 
 
 def sweep_output_uri(uri: str, job_num: int) -> str:

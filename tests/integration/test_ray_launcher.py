@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -31,8 +32,13 @@ TRAIN = [
 ]  # fmt: skip
 
 
-def ray_args(cluster: RayCluster, *extra: str) -> list[str]:
-    return ["launcher=ray", f"launcher.address={cluster.address}", "launcher.poll_interval_s=0.5", *extra]
+def ray_args(cluster: RayCluster, *extra: str, address: str | None = None) -> list[str]:
+    return [
+        "launcher=ray",
+        f"launcher.address={address or cluster.address}",
+        "launcher.poll_interval_s=0.5",
+        *extra,
+    ]
 
 
 def user_env(cluster: RayCluster) -> dict[str, str]:
@@ -101,6 +107,8 @@ def _popen(args: list[str], cwd: Path, env: dict[str, str]) -> tuple[subprocess.
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        # A shell's background job ignores SIGINT, and children inherit that: give the CLI Python's handler.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     lines: list[str] = []
 
@@ -158,12 +166,17 @@ def test_killed_worker_restarts_group_and_resumes(
 
 
 def test_sweep_of_two_ray_jobs_prints_summary(ray_cluster: RayCluster, tmp_path: Path) -> None:  # noqa: F811
+    """Through the Ray Client address this time (ray://): the Jobs API found from it."""
     res = run_cli(
-        ray_args(
-            ray_cluster, "-m", "optim.lr=1e-3,3e-3", "train.max_steps=2", "train.eval_interval=0",
+        [
+            "-m",  # Hydra's flags come before the overrides
+            *ray_args(
+                ray_cluster, "optim.lr=1e-3,3e-3", "train.max_steps=2", "train.eval_interval=0",
             "train.checkpoint_interval=0", "train.progress=false", "launcher.max_parallel=2",
             f"launcher.run_dir={tmp_path / 'runs'}", f"hydra.sweep.dir={tmp_path / 'sweep'}",
-        ),
+                address=ray_cluster.client_address,
+            ),
+        ],
         cwd=tmp_path,
         env=user_env(ray_cluster),
     )  # fmt: skip
@@ -264,3 +277,40 @@ def test_ctrl_c_leaves_job_then_framework_jobs_cancels_it(
         return left
 
     _wait_for(lambda: not running(), 60, "the job's processes to end", [str(running())])
+
+
+def test_rayjob_entrypoint_trains_on_the_cluster(ray_cluster: RayCluster, tmp_path: Path) -> None:  # noqa: F811
+    """The command a RayJob's submitter runs (``ray job submit -- <spec.entrypoint>``), with the ConfigMap mounted
+    where the head pod has it: here /etc/framework is a local directory, as tests/k8s/pods.py maps volumes."""
+    import yaml
+    from hydra_plugins.kubernetes_launcher._render import job_name, main_object, render
+
+    from tests.k8s.compose import compose
+
+    run_dir = tmp_path / "run"
+    cfg = compose(
+        "launcher.backend=rayjob", "hardware.nproc_per_node=2", "train.max_steps=3", "train.eval_interval=0",
+        "train.checkpoint_interval=0", "train.progress=false", f"storage.output_uri={run_dir}",
+        f"launcher.run_dir={tmp_path / 'runs'}",
+    )  # fmt: skip
+    name = job_name(str(cfg.run_name), sweep_id="s0ray", job_index=0, backend="rayjob", nodes=1)
+    objs = render(cfg, job_name=name, sweep_id="s0ray", job_index=0, git_commit=None)
+    config_map = next(o for o in objs if o["kind"] == "ConfigMap")
+    etc = tmp_path / "etc-framework"
+    etc.mkdir()
+    (etc / "config.yaml").write_text(config_map["data"]["config.yaml"])
+    entrypoint = main_object(objs)["spec"]["entrypoint"]
+    assert "--config-path=/etc/framework" in entrypoint and "launcher.address=auto" in entrypoint
+    command = entrypoint.replace("/etc/framework", str(etc))
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": ray_cluster.token}  # the submitter's
+    res = subprocess.run(
+        [str(Path(sys.executable).parent / "ray"), "job", "submit", f"--address={ray_cluster.address}",
+         f"--submission-id={name}", "--", *shlex.split(command)],  # as the submitter's shell splits it
+        env=env, capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out[-5000:]
+    assert "World: 2 process(es)" in out
+    assert [m["step"] for m in read_metrics(run_dir) if "loss" in m] == [1, 2, 3]
+    ran = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert ran["launcher"]["name"] == "ray" and ran["launcher"]["backend"] == "rayjob"

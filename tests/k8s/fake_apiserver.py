@@ -6,7 +6,7 @@
     kube.on_create.append(simulate("succeed"))     # play the controller: pods, phases, logs, job conditions
 
 Covers create/get/list/delete/watch for namespaced objects in the core, batch, rbac, networking, JobSet,
-PyTorchJob and TrainJob APIs, pods/log (with follow), label and field selectors, resourceVersion-based watches (chunked
+PyTorchJob, TrainJob and RayJob APIs, pods/log (with follow), label and field selectors, resourceVersion-based watches (chunked
 streaming, like the real server), and ownerReference garbage collection on delete. Not covered: patch/update,
 cluster-scoped objects, admission and validation (use the schema tests for that).
 """
@@ -42,8 +42,16 @@ RESOURCES: dict[tuple[str, str, str], str] = {
     ("jobset.x-k8s.io", "v1alpha2", "jobsets"): "JobSet",
     ("kubeflow.org", "v1", "pytorchjobs"): "PyTorchJob",
     ("trainer.kubeflow.org", "v1alpha1", "trainjobs"): "TrainJob",
+    ("ray.io", "v1", "rayjobs"): "RayJob",
 }
-CRDS = {"jobsets", "pytorchjobs", "trainjobs"}
+CRDS = {"jobsets", "pytorchjobs", "trainjobs", "rayjobs"}
+PLURALS = {
+    "Job": "jobs",
+    "JobSet": "jobsets",
+    "PyTorchJob": "pytorchjobs",
+    "TrainJob": "trainjobs",
+    "RayJob": "rayjobs",
+}
 _PATH = re.compile(
     r"^/(?:api/(?P<cv>v1)|apis/(?P<group>[^/]+)/(?P<version>[^/]+))/namespaces/(?P<ns>[^/]+)"
     r"(?:/(?P<plural>[^/]+)(?:/(?P<name>[^/]+)(?:/(?P<sub>[^/]+))?)?)?$"
@@ -567,6 +575,13 @@ def _pod_templates(obj: Obj) -> list[tuple[str, int, Obj]]:
 
         obj = compile_trainjob(obj)
     spec = obj["spec"]
+    if obj["kind"] == "RayJob":  # KubeRay: the submitter Job's pod (the job's log) first, then the Ray nodes
+        cluster = spec["rayClusterSpec"]
+        return [
+            ("submitter", 1, spec["submitterPodTemplate"]),
+            ("head", 1, cluster["headGroupSpec"]["template"]),
+            *(("worker", int(g["replicas"]), g["template"]) for g in cluster["workerGroupSpecs"]),
+        ]
     if obj["kind"] == "Job":
         return [("", int(spec["completions"]), spec["template"])]
     if obj["kind"] == "JobSet":
@@ -583,7 +598,13 @@ def make_pods(kube: FakeKube, job: Obj, attempt: int = 0) -> list[str]:
         for i in range(count):
             labels = dict(template["metadata"].get("labels") or {})
             annotations = dict(template["metadata"].get("annotations") or {})
-            if job["kind"] == "PyTorchJob":
+            if job["kind"] == "RayJob":
+                pod_name = f"{name}-{rtype}-{i}-{attempt}x{uuid.uuid4().hex[:4]}"
+                if rtype == "submitter":
+                    labels["batch.kubernetes.io/job-name"] = name
+                else:
+                    labels["ray.io/node-type"] = rtype
+            elif job["kind"] == "PyTorchJob":
                 pod_name = f"{name}-{rtype}-{i}"
                 labels.update(
                     {
@@ -642,7 +663,17 @@ def set_pods(kube: FakeKube, ns: str, pods: list[str], status: Obj) -> None:
 
 def finish_job(kube: FakeKube, job: Obj, ok: bool, reason: str = "", message: str = "") -> None:
     kind = job["kind"]
-    plural = {"Job": "jobs", "JobSet": "jobsets", "PyTorchJob": "pytorchjobs", "TrainJob": "trainjobs"}[kind]
+    plural = PLURALS[kind]
+    if kind == "RayJob":  # KubeRay reports in status fields, not conditions
+        ray_status = {"jobDeploymentStatus": "Complete", "jobStatus": "SUCCEEDED" if ok else "FAILED"}
+        ray_status.update({"reason": reason, "message": message} if not ok else {})
+        kube.update(
+            plural,
+            job["metadata"]["namespace"],
+            job["metadata"]["name"],
+            lambda o: o.setdefault("status", {}).update(ray_status),
+        )
+        return
     ctype = {
         "Job": ("Complete", "Failed"),
         "JobSet": ("Completed", "Failed"),
@@ -681,15 +712,13 @@ def simulate(
     """
 
     def hook(kube: FakeKube, obj: Obj) -> None:
-        if obj.get("kind") not in ("Job", "JobSet", "PyTorchJob", "TrainJob"):
+        if obj.get("kind") not in PLURALS:
             return
         threading.Thread(target=run, args=(kube, obj), daemon=True).start()
 
     def run(kube: FakeKube, job: Obj) -> None:
         ns, name = job["metadata"]["namespace"], job["metadata"]["name"]
-        plural = {"Job": "jobs", "JobSet": "jobsets", "PyTorchJob": "pytorchjobs", "TrainJob": "trainjobs"}[
-            job["kind"]
-        ]
+        plural = PLURALS[job["kind"]]
 
         def alive() -> Obj | None:
             return kube.get(plural, ns, name)

@@ -42,6 +42,8 @@ CRD_FILES = {
     ("kueue.x-k8s.io/v1beta2", "WorkloadPriorityClass"): "kueue.x-k8s.io_workloadpriorityclasses.yaml",
     ("monitoring.coreos.com/v1", "PodMonitor"): "monitoring.coreos.com_podmonitors.yaml",
     ("monitoring.coreos.com/v1", "PrometheusRule"): "monitoring.coreos.com_prometheusrules.yaml",
+    ("ray.io/v1", "RayJob"): "ray.io_rayjobs.yaml",  # launcher.backend=rayjob (KubeRay v1.7)
+    ("ray.io/v1", "RayCluster"): "ray.io_rayclusters.yaml",
 }
 
 

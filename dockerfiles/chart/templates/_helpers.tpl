@@ -26,6 +26,7 @@ indexed_job: [batch, jobs]
 jobset: [jobset.x-k8s.io, jobsets]
 pytorchjob: [kubeflow.org, pytorchjobs]
 trainjob: [trainer.kubeflow.org, trainjobs]
+rayjob: [ray.io, rayjobs]
 {{- end -}}
 
 {{/* The restricted container securityContext (Pod Security Standard "restricted"). */}}

@@ -17,6 +17,7 @@ from typing import Any
 
 from hydra_plugins.kubernetes_launcher import _trainjob
 from hydra_plugins.kubernetes_launcher._names import COMPLETION_INDEX, pod_run_dir
+from hydra_plugins.ray_launcher import _rayjob
 
 Manifest = dict[str, Any]
 EXIT_PERMANENT = 2  # DESIGN.md: bad config or data, never retried
@@ -327,6 +328,22 @@ BACKENDS: dict[str, Backend] = {
             phase=_trainjob.phase,
             node_rank=_completion_index,
             container=_trainjob.CONTAINER,
+        ),
+        Backend(
+            # KubeRay: a Ray cluster per job (head + one worker group of hardware.nodes pods); its driver runs
+            # the framework with launcher=ray, whose Ray Train workers train (see ray_launcher/_rayjob.py).
+            name="rayjob",
+            kind=_rayjob.KIND,
+            group=_rayjob.GROUP,
+            version=_rayjob.VERSION,
+            plural=_rayjob.PLURAL,
+            host_suffix=lambda nodes: _rayjob.HOST_SUFFIX,
+            master_addr=lambda name: f"{name}-head-svc",  # unused: Ray Train sets the rendezvous
+            job_spec=_rayjob.job_spec,
+            pod_templates=_rayjob.pod_templates,
+            phase=_rayjob.phase,
+            node_rank=_rayjob.node_rank,
+            node_rank_env=False,
         ),
     )
 }

@@ -46,6 +46,7 @@ SECRET_REFERENCE_KEYS = (
     "secret_env",
     "env_from_secrets",
     "image_pull_secrets",
+    "ray_auth_secret",
 )
 EXTRA_KEYS = ("pod_spec", "job_spec")
 # Labels every object gets from the launcher (and every key under LABEL_PREFIX): launcher.labels may not set them.

@@ -35,6 +35,7 @@ from hydra_plugins.kubernetes_launcher._names import (
     effective_pvcs,
     split_secret_ref,
 )
+from hydra_plugins.ray_launcher import _rayjob
 from omegaconf import DictConfig, OmegaConf
 
 from framework.errors import ConfigError
@@ -72,7 +73,7 @@ def plain_problems(plain: Mapping[str, Any]) -> list[str]:
     problems += _extra(launcher)
     problems += _labels(launcher)
     problems += _prometheus(plain.get("tracking") or {})
-    problems += _kueue.problems(launcher) + _trainjob.problems(launcher)
+    problems += _kueue.problems(launcher) + _trainjob.problems(launcher) + _rayjob.problems(plain)
     named = {p.split(" ", 1)[0] for p in problems}  # a key refused by its name is not refused again by shape
     problems += [p for p in _secret_shapes(plain) if p.split(" ", 1)[0] not in named]
     problems += _durable_run_dir(plain)

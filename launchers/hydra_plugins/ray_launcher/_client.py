@@ -153,6 +153,11 @@ class RayJobs:
     """Jobs of one Ray cluster through its Jobs API (``http://host:8265``, ``ray://host:10001`` or ``auto``)."""
 
     def __init__(self, address: str) -> None:
+        token = auth_token()
+        if address.startswith("ray://") and token and "RAY_AUTH_MODE" not in os.environ:
+            # A Ray Client connection authenticates through Ray's own token loader, which reads these (in this
+            # process only; they are never passed on to the job).
+            os.environ.update({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token})
         jobs = import_ray_jobs()
         self.address = address
         try:
