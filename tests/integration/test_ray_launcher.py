@@ -95,6 +95,32 @@ def test_two_worker_zero2_job_matches_torchrun(
     logs = ray_cluster.client().get_job_logs(name.group(1))  # type: ignore[attr-defined]
     for text in (json.dumps(info.runtime_env), (run_dir / "config.yaml").read_text(), logs, out):
         assert ray_cluster.token not in text
+    # A submission the cluster rejects (here: that id exists) is a JobRejected with exit code 2.
+    from hydra_plugins.ray_launcher._client import JobRejected, RayJobs
+
+    os.environ["RAY_AUTH_TOKEN"] = ray_cluster.token
+    try:
+        with pytest.raises(JobRejected) as rejected:
+            RayJobs(ray_cluster.address).submit(
+                name=name.group(1), entrypoint="true", runtime_env={}, metadata={}
+            )
+    finally:
+        del os.environ["RAY_AUTH_TOKEN"]
+    assert rejected.value.exit_code == 2 and name.group(1) in str(rejected.value)
+
+
+def test_not_enough_resources_says_what_is_missing(ray_cluster: RayCluster, tmp_path: Path) -> None:  # noqa: F811
+    res = run_cli(
+        ray_args(ray_cluster, "hardware=h200x1", "train.max_steps=1", f"storage.output_uri={tmp_path / 'run'}",
+                 f"hydra.sweep.dir={tmp_path / 'sweep'}"),
+        cwd=tmp_path,
+        env=user_env(ray_cluster),
+    )  # fmt: skip
+    out = res.stdout + res.stderr
+    assert res.returncode == 2, out[-3000:]
+    assert "the Ray cluster cannot place the scaling config: 1 worker(s)" in out
+    assert re.search(r"missing [^:]*GPU 1", out), out[-3000:]  # the cluster has CPUs, no GPU
+    assert "Started training worker group" not in out
 
 
 def _popen(args: list[str], cwd: Path, env: dict[str, str]) -> tuple[subprocess.Popen[str], list[str]]:

@@ -192,3 +192,29 @@ def test_worker_failures_map_to_exit_codes() -> None:
     assert outcome_code(GroupError({0: Wrapped(DataError("x:2: bad")), 1: RuntimeError("peer gone")})) == 2
     assert outcome_code(GroupError({0: Wrapped(Preempted("s")), 1: Wrapped(Preempted("s"))})) == 143
     assert outcome_code(GroupError({1: RuntimeError("actor died")})) == 1
+
+
+@pytest.mark.parametrize(("policy", "stopped"), [("yes", True), ("no", False), ("ask", False)])
+def test_ctrl_c_policy(policy: str, stopped: bool, capsys: pytest.CaptureFixture[str]) -> None:
+    """Ctrl-C while following: stop the job (yes), leave it (no), ask on a terminal (here none: leave it)."""
+    from hydra_plugins.ray_launcher import _core
+
+    class Client:
+        address = "http://127.0.0.1:8265"
+        calls: list[str] = []
+
+        def stop(self, name: str) -> bool:
+            self.calls.append(name)
+            return True
+
+    job = _core.Job(
+        0, [], OmegaConf.create({"launcher": {"address": Client.address}}), "j-0", "/r", Path("."), {}
+    )
+    job.submitted, job.status = True, "SUBMITTED"
+    _core._interrupted([job], {Client.address: Client()}, policy)  # type: ignore[dict-item]
+    assert (Client.calls == ["j-0"]) is stopped
+    assert job.status == ("CANCELLED" if stopped else "INTERRUPTED")
+    err = capsys.readouterr().err
+    assert ("Stopped Ray job j-0" in err) is stopped
+    if not stopped:
+        assert "framework-jobs cancel j-0 --ray http://127.0.0.1:8265" in err
