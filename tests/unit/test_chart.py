@@ -344,9 +344,8 @@ def exercise(kube: FakeKube, backend: str, allowed: set[tuple[str, str, str]]) -
         NS, backend=backend, api_client=api, retries=1, backoff_s=0.01, timeout_s=2.0, poll_interval_s=0.2
     )
     cfg = compose(
-        "hardware=cpu", "hardware.nodes=2", f"launcher.backend={backend}", f"launcher.namespace={NS}",
-        "+launcher.pvcs.runs=/workspace/runs",  # a shared run dir: a RayJob over 2 nodes needs one
-    )  # fmt: skip
+        "hardware=cpu", "hardware.nodes=2", f"launcher.backend={backend}", f"launcher.namespace={NS}"
+    )
 
     def objs(index: int) -> list[dict[str, Any]]:
         name = job_name(str(cfg.run_name), sweep_id="s0rbac", job_index=index, backend=backend, nodes=2)

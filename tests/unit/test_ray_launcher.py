@@ -124,6 +124,10 @@ def test_scaling_from_hardware_profiles() -> None:
     assert (s.num_workers, s.use_gpu, s.placement_strategy) == (16, True, "PACK")
     assert s.resources_per_worker["GPU"] == 1.0 and s.resources_per_worker["CPU"] == 90 / 8
     assert s.resources_per_worker["memory"] == pytest.approx(900 * 2**30 * 0.6 / 8, abs=1)
+    # what a pod of the profile gets: allocatable_fraction of the node, whole CPUs
+    fair = scaling({**a100, "cpu": "96", "memory": "1152Gi", "allocatable_fraction": 0.9}, 0.6)
+    assert fair.resources_per_worker["CPU"] == 86 / 8
+    assert fair.resources_per_worker["memory"] == pytest.approx(1152 * 2**30 * 0.9 * 0.6 / 8, abs=1)
     assert scaling({**a100, "cpu": "500m", "memory": "1Gi"}, 0.0).resources_per_worker == {
         "CPU": 0.0625,
         "GPU": 1.0,

@@ -95,15 +95,10 @@ def test_head_and_worker_groups_from_the_hardware_profile() -> None:
     assert head["rayStartParams"]["num-cpus"] == "0"  # no training on the head
     hc, wc = head["template"]["spec"]["containers"][0], group["template"]["spec"]["containers"][0]
     assert hc["resources"]["limits"] == {"cpu": "2", "memory": "8Gi"}  # no GPUs
-    assert (
-        wc["resources"]["requests"]
-        == wc["resources"]["limits"]
-        == {
-            "cpu": "90",
-            "memory": "900Gi",
-            "nvidia.com/gpu": "8",
-        }
-    )
+    # the workers are the other backends' training pods: the same requests (= limits)
+    pod = main_object(rendered("hardware.nodes=4", "launcher.backend=indexed_job"))
+    trainer = pod["spec"]["template"]["spec"]["containers"][0]["resources"]
+    assert wc["resources"] == trainer and trainer["limits"]["nvidia.com/gpu"] == "8"
     wspec, hspec = group["template"]["spec"], head["template"]["spec"]
     assert wspec["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB"}
     assert wspec["tolerations"][0]["key"] == "nvidia.com/gpu"
@@ -129,9 +124,7 @@ def test_entrypoint_is_the_framework_with_launcher_ray_on_this_cluster() -> None
     )
     assert name.startswith("lora-llama-tiny-llama")
     # A run dir on an RWX PVC mounted in every pod is shared: the job's own validation is told so.
-    pvc = rayjob(
-        "storage=local", "storage.output_uri=null", "hardware.nodes=2", "+launcher.pvcs.runs=/workspace/runs"
-    )
+    pvc = rayjob("storage=local", "storage.output_uri=null", "hardware.nodes=2")  # launcher.run_dir_pvc's
     assert pvc["spec"]["entrypoint"].endswith("launcher.address=auto launcher.run_dir_shared=true")
 
 
@@ -191,7 +184,10 @@ def test_clean_up_rules_or_shutdown_with_kueue() -> None:
 
 def test_multi_node_needs_a_shared_run_dir() -> None:
     with pytest.raises(ConfigError, match="launcher.backend=rayjob with hardware.nodes=2"):
-        rayjob("storage=local", "storage.output_uri=null", "hardware.nodes=2")
+        rayjob(
+            "storage=local", "storage.output_uri=null", "hardware.nodes=2", "launcher.run_dir_pvc=null",
+            "launcher.backoff_limit=0",
+        )  # fmt: skip
     with pytest.raises(ConfigError, match="launcher.ray_auth_secret='ray-auth' must be 'secret-name:key'"):
         rayjob("launcher.ray_auth_secret=ray-auth")
 

@@ -188,8 +188,6 @@ def test_queue_label_and_suspended_on_the_object_kueue_manages(backend: str) -> 
         "launcher.queue=training",
         "launcher.priority=framework-high",
         "launcher.topology_required=kubernetes.io/hostname",
-        "storage=s3",  # a RayJob over several nodes needs a shared run dir
-        "storage.output_uri=s3://bucket/runs/queued",
     )
     job = main_object(objs)
     assert job["metadata"]["labels"][_kueue.QUEUE_LABEL] == "training"

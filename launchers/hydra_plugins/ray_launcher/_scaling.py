@@ -2,7 +2,9 @@
 no torch, so validation and tests use it without a cluster.
 
 One Ray Train worker per training process: workers = hardware.nodes x hardware.nproc_per_node; each takes
-gpus_per_node / nproc_per_node GPUs and its share of the node's CPU and memory. One node's workers stay together:
+gpus_per_node / nproc_per_node GPUs and its share of what a pod gets of the node's CPU and memory
+(hardware.allocatable_fraction; of the memory, launcher.ray_memory_fraction: Ray keeps the rest for its object
+store). One node's workers stay together:
 STRICT_PACK (all on one node) for a one-node profile, PACK (fill a node before using the next) for several.
 """
 
@@ -64,11 +66,15 @@ class Scaling:
 def scaling(hardware: Mapping[str, Any], memory_fraction: float = 0.6) -> Scaling:
     """The Ray Train scaling of a hardware profile (plain mapping or DictConfig node)."""
     nodes, nproc = int(hardware["nodes"]), int(hardware["nproc_per_node"])
-    per: dict[str, float] = {"CPU": quantity(hardware["cpu"], "hardware.cpu") / nproc}
+    # A pod gets allocatable_fraction of the node (as the Kubernetes launcher requests it), and Ray counts
+    # whole CPUs of a pod's limit: so a node's workers share the floor of that.
+    fraction = float(hardware.get("allocatable_fraction") or 1.0)
+    cpu = quantity(hardware["cpu"], "hardware.cpu") * fraction
+    per: dict[str, float] = {"CPU": (math.floor(cpu) if cpu >= 1 else cpu) / nproc}
     use_gpu = hardware["accelerator"] == "cuda"
     if use_gpu:
         per["GPU"] = max(1, int(hardware.get("gpus_per_node") or nproc)) / nproc
-    mem = quantity(hardware["memory"], "hardware.memory") * memory_fraction / nproc
+    mem = quantity(hardware["memory"], "hardware.memory") * fraction * memory_fraction / nproc
     if mem > 0:
         per["memory"] = float(math.floor(mem))
     return Scaling(
