@@ -217,9 +217,14 @@ def read_config(pretrained: str, revision: str | None = None) -> Checkpoint:
         return Checkpoint(str(path), _parse(text, str(path)), d)
     from framework import storage
 
+    scheme, _, rest = pretrained.partition("://")
+    if not rest.strip("/"):
+        raise ValueError(f"{pretrained} names no bucket or path; e.g. {scheme}://bucket/models/Llama-3.2-1B")
     uri = storage.join(pretrained, "config.json")
     try:
         text = storage.read_text(uri)
+    except ImportError as e:  # fsspec: the scheme's filesystem package is not installed
+        raise ValueError(f"{scheme}:// cannot be read here: {e}") from e
     except FileNotFoundError as e:  # StorageNotFoundError included
         raise ValueError(
             f"{uri} does not exist; model.pretrained must name a Hugging Face model directory "

@@ -3,6 +3,7 @@ architecture and what the user set, the memory check and thread policy, the reci
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import struct
 from collections.abc import Iterator
@@ -154,8 +155,6 @@ def test_memory_check_uses_the_checkpoint_size(tmp_path: Path) -> None:
 def test_every_preset_validates_with_its_checkpoint(tmp_path: Path, experiment: str) -> None:
     """Each preset is one word away from a run: with its checkpoint present (here: config.json and the weights'
     headers, as sparse files), it validates, memory check included; QLoRA also needs bitsandbytes."""
-    import importlib.util
-
     hub_id = str(as_run(f"experiment={experiment}").model.pretrained)
     arch = LLAMA_3_2_1B if "1B" in hub_id else LLAMA_3_1_8B
     ckpt = write_checkpoint(tmp_path / hub_id.split("/")[-1], arch, sparse=True)
@@ -186,6 +185,9 @@ def test_not_a_model_directory(tmp_path: Path, tiny_dir: Path) -> None:
     assert "does not exist" in problems(f"model.pretrained={tmp_path}/nope")[0]
     assert "has no config.json" in problems(f"model.pretrained={tmp_path}")[0]
     assert "is a file" in problems(f"model.pretrained={tiny_dir / 'model.safetensors'}")[0]
+    assert "s3:// names no bucket or path" in problems("model.pretrained=s3://")[0]
+    if importlib.util.find_spec("gcsfs") is None:
+        assert "gs:// cannot be read here" in problems("model.pretrained=gs://bucket/m")[0]
     (tiny_dir / "config.json").write_text("{not json")
     assert "config.json is not valid JSON" in problems(f"model.pretrained={tiny_dir}")[0]
 
