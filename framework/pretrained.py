@@ -401,6 +401,11 @@ def apply(cfg: DictConfig, *, explicit: set[str] | None = None, here: bool = Tru
     explicit = explicit_keys() if explicit is None else explicit
     pretrained = str(pretrained)
     restore_recipe_defaults(cfg, explicit)
+    if m.get("revision") and not is_hub_id(pretrained):
+        return [
+            f"model.revision={m.revision} applies to a Hugging Face model id, not to model.pretrained={pretrained}; "
+            "drop model.revision (a directory or URI holds one revision)"
+        ]
     try:
         ckpt = read_config(pretrained, m.get("revision"))
     except Unavailable as e:

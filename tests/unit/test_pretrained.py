@@ -186,6 +186,10 @@ def test_not_a_model_directory(tmp_path: Path, tiny_dir: Path) -> None:
     assert "has no config.json" in problems(f"model.pretrained={tmp_path}")[0]
     assert "is a file" in problems(f"model.pretrained={tiny_dir / 'model.safetensors'}")[0]
     assert "s3:// names no bucket or path" in problems("model.pretrained=s3://")[0]
+    assert (
+        "applies to a Hugging Face model id"
+        in problems(f"model.pretrained={tiny_dir}", "model.revision=v1")[0]
+    )
     if importlib.util.find_spec("gcsfs") is None:
         assert "gs:// cannot be read here" in problems("model.pretrained=gs://bucket/m")[0]
     (tiny_dir / "config.json").write_text("{not json")
