@@ -233,6 +233,8 @@ def _csv_header(path: Path) -> list[str] | None:
 
 def diagnose(path: Path, builder: str) -> str | None:
     """What is wrong with a file the library could not read, with its line and the fix; None if unknown."""
+    if path.name.lower().endswith(COMPRESSION):
+        return None  # the library's own message says what is wrong with a compressed file
     with path.open("rb") as f:
         head = f.read(8192)
     if head.startswith((b"\xff\xfe", b"\xfe\xff")):

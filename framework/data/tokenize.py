@@ -8,6 +8,7 @@ truncated or dropped as configured and counted; one whose loss was cut away enti
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -80,6 +81,22 @@ def tokenize_instructions(
     return out, stats
 
 
+def _encode(tokenizer: Any, texts: list[str]) -> list[tuple[list[int], list[tuple[int, int]]]]:
+    """(ids, character offsets) per text, without special tokens. Straight from the Rust tokenizer when it
+    has no padding or truncation of its own (transformers' per-encoding conversion costs ~20% more)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None and backend.padding is None and backend.truncation is None:
+        return [(e.ids, e.offsets) for e in backend.encode_batch(texts, add_special_tokens=False)]
+    enc = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
+    return list(zip(enc["input_ids"], enc["offset_mapping"], strict=True))
+
+
+def _token_range(starts: list[int], ends: list[int], a: int, b: int) -> tuple[int, int]:
+    """Indices ``[i, j)`` of the tokens wholly inside characters ``[a, b)``: one straddling a boundary belongs
+    to the untrained side (a header is never trained)."""
+    return bisect.bisect_left(starts, a), bisect.bisect_right(ends, b)
+
+
 def tokenize_chats(
     rows: Sequence[Chat],
     tokenizer: Any,
@@ -90,8 +107,6 @@ def tokenize_chats(
     where: Callable[[int], str],
 ) -> tuple[list[Tokenized], TokenizeStats]:
     """Render, tokenize in batches with offsets, and label the tokens inside the trained spans."""
-    import numpy as np
-
     bos = bos_to_add(tokenizer)
     bos_text = tokenizer.bos_token
     stats = TokenizeStats()
@@ -101,19 +116,18 @@ def tokenize_chats(
             renderer.spans(c, train_on, lambda r=lo + k: where(r))
             for k, c in enumerate(rows[lo : lo + BATCH])
         ]
-        enc = tokenizer([text for text, _ in rendered], add_special_tokens=False, return_offsets_mapping=True)
-        for k, ((text, spans), ids, offsets) in enumerate(
-            zip(rendered, enc["input_ids"], enc["offset_mapping"], strict=True)
+        for k, ((text, spans), (ids, offsets)) in enumerate(
+            zip(rendered, _encode(tokenizer, [t for t, _ in rendered]), strict=True)
         ):
-            off = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
-            mask = np.zeros(len(ids), dtype=bool)
-            for a, b in spans:
-                # Tokens wholly inside [a, b); one straddling a boundary belongs to the untrained side.
-                mask[np.searchsorted(off[:, 0], a, "left") : np.searchsorted(off[:, 1], b, "right")] = True
-            labels = np.where(mask, np.asarray(ids, dtype=np.int64), IGNORE_INDEX).tolist()
             ids = list(ids)
+            starts = [o[0] for o in offsets]
+            ends = [o[1] for o in offsets]
+            labels = [IGNORE_INDEX] * len(ids)
+            for a, b in spans:
+                i, j = _token_range(starts, ends, a, b)
+                labels[i:j] = ids[i:j]
             if lo + k < VERIFY_ROWS:
-                _verify(tokenizer, text, spans, ids, off, where(lo + k), renderer.key)
+                _verify(tokenizer, text, spans, ids, ends, where(lo + k), renderer.key)
             if bos is not None and not (bos_text and text.startswith(bos_text)):
                 ids, labels = [bos, *ids], [IGNORE_INDEX, *labels]
             ex = _fit(ids, labels, max_len, overlong, stats)
@@ -123,16 +137,20 @@ def tokenize_chats(
 
 
 def _verify(
-    tokenizer: Any, text: str, spans: list[tuple[int, int]], ids: list[int], off: Any, where: str, key: str
+    tokenizer: Any,
+    text: str,
+    spans: list[tuple[int, int]],
+    ids: list[int],
+    ends: list[int],
+    where: str,
+    key: str,
 ) -> None:
     """The prompt before each trained span, tokenized alone (as generation will see it), must give the same ids
     as inside the whole conversation; otherwise the trained spans would not match inference."""
-    import numpy as np
-
     for a, _ in spans:
         if a == 0:
             continue
-        n = int(np.searchsorted(off[:, 1], a, "right"))
+        n = bisect.bisect_right(ends, a)
         alone = tokenizer(text[:a], add_special_tokens=False)["input_ids"]
         if list(alone) != ids[:n]:
             raise DataError(

@@ -88,3 +88,26 @@ def test_incomplete_copy_is_not_used(ds_cfg, tokenizer) -> None:
     p = data.load_or_prepare(ds_cfg, tokenizer, 42, write=True)
     (Path(p.location) / P.MARKER).unlink()
     assert P.load(p.location) is None
+
+
+def test_reading_a_prepared_copy_imports_neither_datasets_nor_pandas(
+    ds_cfg, tokenizer, tmp_path: Path
+) -> None:
+    """Training's start pays only for pyarrow (importing datasets + pandas costs seconds)."""
+    import subprocess
+    import sys
+
+    from omegaconf import OmegaConf
+
+    p = data.load_or_prepare(ds_cfg, tokenizer, 42, write=True)
+    code = (
+        "import sys; from omegaconf import OmegaConf; from framework import dataset as data;"
+        "from transformers import AutoTokenizer;"
+        f"tok = AutoTokenizer.from_pretrained(str(data.local_path('pkg://framework.data/sample/tokenizer')));"
+        f"ds = OmegaConf.create({OmegaConf.to_container(ds_cfg)!r});"
+        "p = data.load_or_prepare(ds, tok, 42, write=False); assert p.from_cache, p.location;"
+        "print(p.location, 'datasets' in sys.modules, 'pandas' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == [p.location, "False", "False"]
