@@ -3,6 +3,7 @@ and ``framework.prepare`` then training under torchrun reads the one prepared co
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -52,8 +53,12 @@ def test_every_format_and_row_style_trains(tmp_path: Path) -> None:
         cwd=tmp_path,
     )
     assert res.returncode == 0, res.stderr[-3000:]
-    for i in range(len(SOURCES)):
-        assert f"s{i}" in res.stdout + res.stderr  # each source read and reported
+    (info,) = [json.loads(p.read_text()) for p in (tmp_path / "cache").glob("*/prepared.json")]
+    fmts = {"messages": "chat", "conversations": "chat"}
+    assert [(r["name"], r["format"]) for r in info["sources"]] == [
+        (f"{fmt}-{style}", fmts.get(style, style)) for fmt, style in SOURCES
+    ]
+    assert all(r["mixed_examples"] > 0 and r["val_examples"] > 0 for r in info["sources"])
     metrics = read_metrics(run_dir)
     assert [m["step"] for m in metrics if "loss" in m] == [1, 2, 3]
     assert "eval_loss" in metrics[-1]
