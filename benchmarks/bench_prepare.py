@@ -232,7 +232,8 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "chats.jsonl"
         make_data(data, args.n)
-        warm = Path(tmp) / "warm.jsonl"  # first calls pay one-time imports and compiles: not in any arm's time
+        # First calls pay one-time imports and compiles: in no arm's time.
+        warm = Path(tmp) / "warm.jsonl"
         make_data(warm, 50, seed=1)
         ours(str(warm), tok, Path(tmp))
         plain(str(warm), tok, Path(tmp) / "hf-warm", masks=True)
