@@ -23,6 +23,7 @@ from framework.errors import ConfigError
 log = logging.getLogger(__name__)
 TAG_RE = re.compile(r"^step_(\d+)$")
 LATEST = "latest"
+BEST = "best"  # names the checkpoint with the lowest eval loss (train.keep_best); pruning never deletes it
 MANIFEST = "manifest.json"
 
 
@@ -336,17 +337,30 @@ def load(engine: Any, ckpt_root: Path, tag: str, *, expect: dict[str, Any]) -> d
     return dict(client_state or {})
 
 
+def read_best(ckpt_root: Path) -> str | None:
+    """The tag ``best`` names, if any (only a name: export checks that it exists)."""
+    marker = ckpt_root / BEST
+    tag = marker.read_text().strip() if marker.is_file() else ""
+    return tag if TAG_RE.match(tag) else None
+
+
+def write_best(ckpt_root: Path, tag: str) -> None:
+    if dist.is_rank0():
+        _atomic_write(ckpt_root / BEST, tag)
+
+
 def prune(ckpt_root: Path, keep_last: int) -> None:
-    """Delete old checkpoints beyond ``keep_last``; never the one ``latest`` names (rank 0 only)."""
+    """Delete old checkpoints beyond ``keep_last``; never the one ``latest`` or ``best`` names (rank 0 only)."""
     if not dist.is_rank0() or keep_last <= 0:
         return
     latest = read_latest(ckpt_root)
+    best = read_best(ckpt_root)
     tags = sorted(
         (p.name for p in ckpt_root.iterdir() if p.is_dir() and TAG_RE.match(p.name)),
         key=lambda t: int(TAG_RE.match(t).group(1)),  # type: ignore[union-attr]
     )
     for tag in tags[:-keep_last]:
-        if tag != latest:
+        if tag not in (latest, best):
             shutil.rmtree(ckpt_root / tag, ignore_errors=True)
 
 
@@ -446,8 +460,10 @@ def prune_remote(remote_root: str, keep_last: int, latest: str) -> None:
         (n for n in storage.listdir(remote_root) if TAG_RE.match(n)),
         key=lambda t: int(TAG_RE.match(t).group(1)),  # type: ignore[union-attr]
     )
+    marker = storage.join(remote_root, BEST)
+    best = storage.read_text(marker).strip() if storage.exists(marker) else None
     for tag in tags[:-keep_last]:
-        if tag != latest:
+        if tag not in (latest, best):
             storage.remove(storage.join(remote_root, tag), recursive=True, missing_ok=True)
 
 
@@ -556,6 +572,8 @@ MAY_CHANGE = (
     "train.eval_max_batches",
     "train.checkpoint_interval",
     "train.keep_last",
+    "train.keep_best",
+    "train.eval_at_start",
     "train.log_interval",
     "train.progress",
     "train.compile",

@@ -304,3 +304,54 @@ def summary(metrics: dict[str, Any]) -> str:
             f"macro F1 {metrics['macro_f1']:.3f} over {len(metrics['labels'])} labels"
         )
     return ", ".join(parts)
+
+
+# ----------------------------------------------------------------------------------------------- samples
+
+
+class Samples:
+    """``eval.samples=N``: the first N validation examples (fixed for the run), generated at every eval.
+
+    Prompts are the training tokenization of each example (the tokens before its first label), so generation
+    sees exactly what training did. Rank 0 appends one line per sample to ``samples.jsonl`` (step, prompt,
+    generation, reference) and sends them to the trackers. Under ZeRO-3 every rank generates (the forward is a
+    collective, kept in step with ``synced_gpus``); otherwise only rank 0 does. Not built when N is 0.
+    """
+
+    def __init__(
+        self, examples: Sequence[Any], n: int, tokenizer: Any, max_new_tokens: int, path: Any
+    ) -> None:
+        from framework.dataset import IGNORE_INDEX
+
+        self.tokenizer = tokenizer
+        self.path = path
+        self.max_new_tokens = max_new_tokens
+        self.prompts: list[list[int]] = []
+        self.texts: list[str] = []
+        self.references: list[str] = []
+        for ex in list(examples)[:n]:
+            first = next((i for i, label in enumerate(ex.labels) if label != IGNORE_INDEX), len(ex.labels))
+            ref = [t for t in ex.labels[first:] if t != IGNORE_INDEX and t != tokenizer.eos_token_id]
+            self.prompts.append(list(ex.input_ids[:first]))
+            self.texts.append(tokenizer.decode(ex.input_ids[:first], skip_special_tokens=True))
+            self.references.append(tokenizer.decode(ref, skip_special_tokens=True))
+
+    def __call__(self, model: Any, step: int, tracker: Any, *, zero3: bool) -> list[dict[str, Any]]:
+        from framework import distributed as dist
+        from framework.generate import Settings, generate
+
+        if not self.prompts or not (zero3 or dist.is_rank0()):
+            return []
+        settings = Settings(max_new_tokens=self.max_new_tokens, batch_size=len(self.prompts))
+        synced = zero3 and dist.world_size() > 1
+        gens = generate(model, self.tokenizer, self.prompts, settings, synced_gpus=synced)
+        if not dist.is_rank0():
+            return []
+        rows = [
+            {"step": step, "prompt": p, "generation": g, "reference": r}
+            for p, g, r in zip(self.texts, gens, self.references, strict=True)
+        ]
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+        tracker.log_samples(rows, step)
+        return rows

@@ -123,6 +123,7 @@ class Data:
     train: data.Batches
     val: list[data.Sequence]
     steps: int  # optimizer steps for the whole run
+    val_examples: list[Any] = field(default_factory=list)  # unpacked, in split order: eval.samples' prompts
 
 
 def prepare_data(cfg: DictConfig, tokenizer: Any) -> Data:
@@ -150,7 +151,7 @@ def prepare_data(cfg: DictConfig, tokenizer: Any) -> Data:
         steps = int(tr.max_steps)
     else:
         steps = max(1, math.ceil(float(tr.epochs) * batches.per_epoch / tr.grad_accum))
-    return Data(batches, val_rows, steps)
+    return Data(batches, val_rows, steps, list(val_examples))
 
 
 # ----------------------------------------------------------------------------------------------- run dir
@@ -504,10 +505,12 @@ def train(
     )
 
     step, consumed = 0, 0
+    best_loss, best_pending = math.inf, -1  # train.keep_best: lowest eval loss so far; the step to mark
     if resume_from is not None:
         root, tag = resume_from
         state = checkpoint.load(engine, root, tag, expect=compat_state(cfg))
         step, consumed = int(state["step"]), int(state["consumed"])
+        best_loss = float(state.get("best_eval_loss", math.inf))
         if root == run.resume_staging:  # another run's checkpoint, downloaded for this start only
             source: Any = cfg.resume
             dist.barrier()
@@ -548,6 +551,7 @@ def train(
         return {
             "step": step,
             "consumed": consumed,
+            "best_eval_loss": best_loss,
         }
 
     compat = compat_state(cfg)
@@ -600,7 +604,7 @@ def train(
             run.publish("metrics.jsonl")
 
     def run_eval() -> None:
-        nonlocal last_eval
+        nonlocal last_eval, best_loss, best_pending
         if not d.val:
             return
         eval_loss, ppl = evaluate(engine, d.val, micro, cfg.train.eval_max_batches)
@@ -609,8 +613,34 @@ def train(
         prom.update(eval_loss=eval_loss)
         if rank0:
             bar.write(f"step {step}: eval_loss {eval_loss:.4f}  perplexity {ppl:.2f}")
+        if samples is not None:
+            samples(engine.module, step, tracker, zero3=cfg.hardware.zero_stage == 3)
+        if cfg.train.get("keep_best") and step > 0 and eval_loss < best_loss:  # the same on every rank
+            best_loss, best_pending = eval_loss, step
+
+    def mark_best(saved: bool) -> None:
+        """train.keep_best: the eval at this step was the best so far; its checkpoint becomes ``best``."""
+        if best_pending != step:
+            return
+        if not saved:
+            save_checkpoint(blocking=True)
+        tag = checkpoint.tag_for(step)
+        checkpoint.write_best(run.checkpoints, tag)
+        checkpoint.prune(run.checkpoints, cfg.train.keep_last)  # the previous best is now one of the old ones
+        if rank0 and run.remote:
+            storage.write_text_atomic(storage.join(run.remote_checkpoints, checkpoint.BEST), tag)
+
+    samples = None
+    if cfg.get("eval") is not None and cfg.eval.samples:
+        from framework.evaluation import SAMPLES, Samples
+
+        samples = Samples(
+            d.val_examples, cfg.eval.samples, tokenizer, cfg.eval.samples_max_new_tokens, run.path / SAMPLES
+        )
 
     try:
+        if step == 0 and cfg.train.get("eval_at_start", True):
+            run_eval()  # the baseline every curve starts from
         while step < d.steps:
             t0 = time.perf_counter()
             losses, tokens, data_s = [], 0, 0.0
@@ -654,10 +684,14 @@ def train(
                 raise Preempted(
                     f"stopped by signal {int(stop_any)} at step {step}; checkpoint step_{step} saved"
                 )
-            if cfg.train.checkpoint_interval and step % cfg.train.checkpoint_interval == 0 and step < d.steps:
+            due = bool(cfg.train.checkpoint_interval) and step % cfg.train.checkpoint_interval == 0
+            if due and step < d.steps:
                 save_checkpoint()
+            if step < d.steps:
+                mark_best(saved=due)
         run_eval()
         save_checkpoint(blocking=True)
+        mark_best(saved=True)
         export(engine, cfg, run.path, tokenizer)
         if rank0:
             for name in ("adapter", "model", "base"):

@@ -72,4 +72,4 @@ def test_live_metrics_and_trackers(tmp_path: Path) -> None:
 
     acc = EventAccumulator(str(run_dir / "tensorboard"))
     acc.Reload()
-    assert len(acc.Scalars("eval_loss")) == 3
+    assert len(acc.Scalars("eval_loss")) == 4  # steps 0 (train.eval_at_start), 50, 100, 150

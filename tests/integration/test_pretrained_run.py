@@ -40,7 +40,7 @@ def test_hub_id_from_the_cache_trains_and_records_the_checkpoint(tmp_path: Path)
         snapshot.name,
     )
     assert "Model TinyLlama-Chat: 99,360 parameters" in res.stdout + res.stderr
-    assert [m["step"] for m in read_metrics(run_dir) if "eval_loss" in m] == [3]
+    assert [m["step"] for m in read_metrics(run_dir) if "eval_loss" in m] == [0, 3]  # step 0: eval_at_start
 
     base = AutoModelForCausalLM.from_pretrained(str(snapshot))
     expected = load_file(str(source / "model.safetensors"))["model.layers.0.mlp.up_proj.weight"]

@@ -42,7 +42,7 @@ def test_run_directory_contract(lora_run: Path) -> None:
     evals = [m for m in metrics if "eval_loss" in m]
     assert [m["step"] for m in train] == list(range(1, 31))
     assert all({"loss", "lr", "tokens_per_s"} <= m.keys() for m in train)
-    assert [m["step"] for m in evals] == [10, 20, 30]
+    assert [m["step"] for m in evals] == [0, 10, 20, 30]  # train.eval_at_start: the step-0 baseline
     assert all(math.isclose(m["perplexity"], math.exp(m["eval_loss"]), rel_tol=1e-6) for m in evals)
     assert evals[-1]["eval_loss"] < evals[0]["eval_loss"] - 0.5  # learning, not noise
     ckpts = lora_run / "checkpoints"

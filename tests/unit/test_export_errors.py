@@ -104,3 +104,15 @@ def test_generate_bad_sources(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     (tmp_path / "p.jsonl").write_text('{"prompt": "a"}\nnot json\n')
     assert generate.main([str(tmp_path), "--file", str(tmp_path / "p.jsonl")]) == 2
     assert f"{tmp_path / 'p.jsonl'}:2: not JSON" in capsys.readouterr().err
+
+
+def test_prune_keeps_latest_and_best(tmp_path: Path) -> None:
+    from framework import checkpoint
+
+    for step in (2, 4, 6, 8):
+        (tmp_path / f"step_{step}").mkdir()
+    (tmp_path / "latest").write_text("step_8")
+    checkpoint.write_best(tmp_path, "step_2")
+    checkpoint.prune(tmp_path, keep_last=1)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == ["step_2", "step_8"]
+    assert checkpoint.read_best(tmp_path) == "step_2"
