@@ -75,7 +75,7 @@ class TrainConfig:
     eval_max_batches: int = d(0, NON_NEGATIVE)  # cap on eval micro batches; 0: the whole validation split
     checkpoint_interval: int = d(50, NON_NEGATIVE)  # optimizer steps between checkpoints; 0: only at the end
     keep_last: int = d(2, NON_NEGATIVE)  # checkpoints kept (the one `latest` names is never deleted)
-    keep_best: bool = False  # also keep the checkpoint with the lowest eval loss (saved at that eval; export --best)
+    keep_best: bool = False  # also keep the checkpoint with the lowest eval loss (saved at that eval)
     eval_at_start: bool = True  # eval once before the first update (step 0), so every curve has a baseline
     seed: int = d(42, Int(0, 2**32 - 1))  # seeds init, data order, dropout
     log_interval: int = d(1, POSITIVE)  # optimizer steps between metrics lines

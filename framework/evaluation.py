@@ -39,6 +39,7 @@ log = logging.getLogger("framework.evaluation")
 
 UNMATCHED = "<unmatched>"
 SAMPLES = "samples.jsonl"
+IGNORE = -100  # framework.data.tokenize.IGNORE_INDEX (not imported: this module stays light)
 
 
 @dataclass
@@ -217,15 +218,47 @@ def _gather(items: list[Any]) -> list[Any]:
     return [x for part in parts for x in part]
 
 
+def test_set(ds: Any, tokenizer: Any) -> tuple[list[str], list[str], list[Any]]:
+    """The test set read, recognized and rendered by the data pipeline (any format it reads): each row's prompt
+    (a chat: the conversation before its last assistant turn, with the generation prompt) and reference (the
+    response, or that last turn), and the tokenized rows for the loss (a chat: on its last turn only)."""
+    from framework.data.chat import Renderer
+    from framework.data.read import read
+    from framework.data.rows import detect, examples, sources_of
+    from framework.data.tokenize import tokenize_chats, tokenize_instructions
+    from framework.errors import DataError
+
+    src = sources_of(ds)[0]
+    table = read(src.path, key=f"{src.key}.path", split=src.split)
+    if len(table.data) == 0:
+        raise DataError(f"{src.path} holds no examples; point {src.key}.path at a non-empty test set")
+    fmt = detect(table, src)
+    rows = examples(table, src, fmt, int(ds.get("max_row_chars", 1_000_000)))
+    max_len, overlong = int(ds.max_seq_len), str(ds.overlong)
+    if fmt != "chat":
+        toks, _ = tokenize_instructions(rows, tokenizer, max_len, overlong)  # type: ignore[arg-type]
+        return [r.prompt for r in rows], [r.response for r in rows], toks  # type: ignore[union-attr]
+    renderer = Renderer(tokenizer, src.chat_template, src.key)
+    prompts, refs = [], []
+    for i, chat in enumerate(rows):
+        msgs = [{"role": r, "content": c} for r, c, _ in chat.messages]  # type: ignore[union-attr]
+        last = max((k for k, m in enumerate(msgs) if m["role"] == "assistant"), default=None)
+        if last is None:
+            raise DataError(f"{table.where(i)}: a test conversation needs an assistant turn (the reference)")
+        prompts.append(renderer.render(msgs[:last], True))
+        refs.append(msgs[last]["content"])
+    toks, _ = tokenize_chats(rows, tokenizer, renderer, "last_assistant", max_len, overlong, table.where)  # type: ignore[arg-type]
+    return prompts, refs, toks
+
+
 def evaluate_run(cfg: Any, run_uri: str) -> dict[str, Any]:
     """The ``evaluate`` recipe: load ``eval.run``, score ``dataset.path``, write ``<run_uri>/eval/``."""
     import torch
 
-    from framework import dataset as data
     from framework import distributed as dist
     from framework import storage
     from framework.config import resolved, resolved_yaml
-    from framework.generate import Settings, format_prompt, generate, load
+    from framework.generate import Settings, generate, load
     from framework.tracking import make_trackers
     from framework.train import cpu_threads
 
@@ -242,18 +275,17 @@ def evaluate_run(cfg: Any, run_uri: str) -> dict[str, Any]:
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     ds = cfg.dataset
-    rows = data.read_jsonl(ds.path, (ds.prompt_field, ds.response_field))
-    mine = list(range(rank, len(rows), world))
-    examples, _ = data.tokenize_rows([rows[i] for i in mine], tok, ds)
-    loss_sum, n_tok = reference_loss(loaded.model, examples, tok.pad_token_id, e.batch_size)
+    all_prompts, all_refs, examples = test_set(ds, tok)
+    mine = list(range(rank, len(all_prompts), world))
+    loss_sum, n_tok = reference_loss(loaded.model, examples[rank::world], tok.pad_token_id, e.batch_size)
     loss_sum, n_tok = dist.all_reduce_sum([loss_sum, n_tok])
-    prompts = [format_prompt(rows[i], tok, ds) for i in mine]
+    prompts = [all_prompts[i] for i in mine]
     settings = Settings(max_new_tokens=int(e.max_new_tokens), batch_size=int(e.batch_size))
     gens = generate(loaded.model, tok, prompts, settings)
     done = sorted(_gather(list(zip(mine, prompts, gens, strict=True))))
     result: dict[str, Any] = {"status": "COMPLETED", "run_dir": run_uri}
     if rank0:
-        refs = [rows[i][ds.response_field] for i, _, _ in done]
+        refs = [all_refs[i] for i, _, _ in done]
         labels = detect_labels(refs, list(e.labels) if e.labels else None, int(e.max_labels))
         loss = loss_sum / max(n_tok, 1.0)
         metrics: dict[str, Any] = {
@@ -312,28 +344,24 @@ def summary(metrics: dict[str, Any]) -> str:
 class Samples:
     """``eval.samples=N``: the first N validation examples (fixed for the run), generated at every eval.
 
-    Prompts are the training tokenization of each example (the tokens before its first label), so generation
+    Prompts are the training tokenization of each example (its tokens before the first label), so generation
     sees exactly what training did. Rank 0 appends one line per sample to ``samples.jsonl`` (step, prompt,
     generation, reference) and sends them to the trackers. Under ZeRO-3 every rank generates (the forward is a
     collective, kept in step with ``synced_gpus``); otherwise only rank 0 does. Not built when N is 0.
     """
 
-    def __init__(
-        self, examples: Sequence[Any], n: int, tokenizer: Any, max_new_tokens: int, path: Any
-    ) -> None:
-        from framework.dataset import IGNORE_INDEX
-
+    def __init__(self, rows: Sequence[Any], n: int, tokenizer: Any, max_new_tokens: int, path: Any) -> None:
         self.tokenizer = tokenizer
         self.path = path
         self.max_new_tokens = max_new_tokens
         self.prompts: list[list[int]] = []
         self.texts: list[str] = []
         self.references: list[str] = []
-        for ex in list(examples)[:n]:
-            first = next((i for i, label in enumerate(ex.labels) if label != IGNORE_INDEX), len(ex.labels))
-            ref = [t for t in ex.labels[first:] if t != IGNORE_INDEX and t != tokenizer.eos_token_id]
-            self.prompts.append(list(ex.input_ids[:first]))
-            self.texts.append(tokenizer.decode(ex.input_ids[:first], skip_special_tokens=True))
+        for ids, labels in documents(rows, n):
+            first = next((i for i, label in enumerate(labels) if label != IGNORE), len(labels))
+            ref = [t for t in labels[first:] if t != IGNORE and t != tokenizer.eos_token_id]
+            self.prompts.append(ids[:first])
+            self.texts.append(tokenizer.decode(ids[:first], skip_special_tokens=True))
             self.references.append(tokenizer.decode(ref, skip_special_tokens=True))
 
     def __call__(self, model: Any, step: int, tracker: Any, *, zero3: bool) -> list[dict[str, Any]]:
@@ -355,3 +383,16 @@ class Samples:
             f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
         tracker.log_samples(rows, step)
         return rows
+
+
+def documents(rows: Sequence[Any], n: int) -> list[tuple[list[int], list[int]]]:
+    """The first ``n`` documents of packed rows (``position_ids`` restart at 0 for each), as (ids, labels)."""
+    out: list[tuple[list[int], list[int]]] = []
+    for row in rows:
+        k = row.n_tokens
+        starts = [i for i in range(k) if row.position_ids[i] == 0] + [k]
+        for a, b in zip(starts, starts[1:], strict=False):
+            out.append((list(row.input_ids[a:b]), list(row.labels[a:b])))
+            if len(out) == n:
+                return out
+    return out

@@ -380,10 +380,18 @@ def chat_template_from(template: str, input_template: str | None = None) -> str:
 
 
 def ensure_chat_template(tokenizer: Any, dataset_cfg: DictConfig | None) -> Any:
-    """Give ``tokenizer`` a chat template when it has none: the run's prompt template (as in training)."""
-    if getattr(tokenizer, "chat_template", None) or dataset_cfg is None or not dataset_cfg.get("template"):
+    """Give ``tokenizer`` the chat template training rendered with: ``dataset.chat_template`` when set; else,
+    when the tokenizer has none (so training used instruction rows), the run's prompt template as one."""
+    if dataset_cfg is None:
         return tokenizer
-    tokenizer.chat_template = chat_template_from(str(dataset_cfg.template))
+    from framework.data.chat import template_text
+    from framework.data.rows import sources_of
+
+    src = sources_of(dataset_cfg)[0]
+    if src.chat_template:
+        tokenizer.chat_template = template_text(src.chat_template, tokenizer, f"{src.key}")
+    elif not getattr(tokenizer, "chat_template", None) and src.template:
+        tokenizer.chat_template = chat_template_from(str(src.template))
     return tokenizer
 
 

@@ -170,40 +170,95 @@ def _place(model: Any, device: str, dtype: str) -> Any:
 # ----------------------------------------------------------------------------------------------- prompts
 
 
+def source_of(dataset: DictConfig | None) -> Any:
+    """The run's (first) data source: its format, fields and templates (framework.data.rows.Source)."""
+    if dataset is None:
+        return None
+    from framework.data.rows import sources_of
+
+    return sources_of(dataset)[0]
+
+
+_FORMATS: dict[str, str] = {}
+
+
+def trained_format(src: Any) -> str:
+    """The row style training used: ``dataset.format``, or for auto what the data pipeline detects in the
+    training file (read once; an unreadable file counts as instruction rows)."""
+    if src.format != "auto":
+        return str(src.format)
+    if src.path not in _FORMATS:
+        from framework.data.read import read
+        from framework.data.rows import detect
+
+        try:
+            _FORMATS[src.path] = detect(read(src.path, key=f"{src.key}.path", split=src.split), src)
+        except (FrameworkError, OSError) as e:
+            log.info(
+                "could not read %s to see its format (%s); formatting prompts as instructions", src.path, e
+            )
+            _FORMATS[src.path] = "prompt_response"
+    return _FORMATS[src.path]
+
+
+def render_chat(messages: list[dict[str, Any]], tokenizer: Any, dataset: DictConfig | None) -> str:
+    """A conversation up to the reply to generate, rendered by the data pipeline's renderer (the training
+    rendering: ``dataset.chat_template``, else the tokenizer's), with the generation prompt."""
+    from framework.data.chat import Renderer
+
+    src = source_of(dataset)
+    template, key = (src.chat_template, src.key) if src is not None else (None, "dataset")
+    if template is None and not getattr(tokenizer, "chat_template", None):
+        raise UsageError(
+            "a chat (messages) was given but neither the tokenizer nor the run's dataset.chat_template has a chat "
+            "template; set one, or give a prompt instead"
+        )
+    msgs = [{"role": m["role"], "content": m.get("content") or ""} for m in messages]
+    return Renderer(tokenizer, template, key).render(msgs, True)
+
+
 def format_prompt(
     item: str | dict[str, Any], tokenizer: Any, dataset: DictConfig | None, raw: bool = False
 ) -> str:
     """The one place a prompt is formatted for generation, as training formatted it (see the module docstring).
 
-    ``item``: a string, ``{"messages": [...]}``, or a dataset row (``prompt`` or the dataset's prompt field)."""
-    from framework.dataset import render_prompt
-
+    ``item``: a string, ``{"messages": [...]}``, or a dataset row (``prompt`` or the dataset's prompt field,
+    with its input field). Instruction rows go through the source's ``template`` / ``input_template`` exactly as
+    ``framework.data.rows.examples`` renders them; chats through :func:`render_chat`."""
+    src = source_of(dataset)
     if isinstance(item, dict) and "messages" in item:
-        if not getattr(tokenizer, "chat_template", None):
-            raise UsageError(
-                "a chat (messages) was given but the tokenizer has no chat template and the source is not a run "
-                "with a prompt template; set tokenizer.chat_template, or give a prompt instead"
-            )
-        text: str = tokenizer.apply_chat_template(
-            item["messages"], add_generation_prompt=True, tokenize=False
-        )
-        return text
+        return render_chat(item["messages"], tokenizer, dataset)
+    extra = None
     if isinstance(item, dict):
-        if dataset is not None and isinstance(item.get(dataset.prompt_field), str):
-            return item[dataset.prompt_field] if raw else render_prompt(item, dataset)
-        if not isinstance(item.get("prompt"), str):
-            fields = "prompt" + (f" or {dataset.prompt_field}" if dataset is not None else "")
+        field = (
+            src.prompt_field if src is not None and isinstance(item.get(src.prompt_field), str) else "prompt"
+        )
+        if not isinstance(item.get(field), str):
+            fields = "prompt" + (f" or {src.prompt_field}" if src is not None else "")
             raise UsageError(f"each prompt object needs a string {fields} field, or messages")
-        item = item["prompt"]
+        extra = item.get(src.input_field) if src is not None and src.input_field else None
+        item = item[field]
     if raw:
         return item
-    if dataset is not None:
-        return render_prompt({dataset.prompt_field: item}, dataset)
-    if getattr(tokenizer, "chat_template", None):
-        chat = [{"role": "user", "content": item}]
-        out: str = tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
-        return out
+    if src is not None and trained_format(src) != "chat":
+        if isinstance(extra, str) and extra.strip():
+            return src.input_template.format(prompt=item, input=extra)
+        return src.template.format(prompt=item, input="")
+    if getattr(tokenizer, "chat_template", None) or (src is not None and src.chat_template):
+        return render_chat([{"role": "user", "content": item}], tokenizer, dataset)
     return item
+
+
+def prompt_ids(text: str, tokenizer: Any) -> list[int]:
+    """Token ids of a formatted prompt as training tokenizes it: no special tokens added, except the BOS the
+    data pipeline puts in front (framework.data.chat.bos_to_add) when the text does not start with it."""
+    from framework.data.chat import bos_to_add
+
+    ids: list[int] = tokenizer(text, add_special_tokens=False)["input_ids"]
+    bos = bos_to_add(tokenizer)
+    if bos is not None and not (tokenizer.bos_token and text.startswith(tokenizer.bos_token)):
+        ids = [bos, *ids]
+    return ids
 
 
 # ----------------------------------------------------------------------------------------------- generation
@@ -224,7 +279,7 @@ def generate(
     import torch
 
     s = settings or Settings()
-    ids = [p if isinstance(p, list) else tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    ids = [p if isinstance(p, list) else prompt_ids(p, tokenizer) for p in prompts]
     order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
     out: list[str] = [""] * len(ids)
     device = next(model.parameters()).device

@@ -123,7 +123,6 @@ class Data:
     train: data.Batches
     val: list[data.Sequence]
     steps: int  # optimizer steps for the whole run
-    val_examples: list[Any] = field(default_factory=list)  # unpacked, in split order: eval.samples' prompts
 
 
 def prepare_data(cfg: DictConfig, tokenizer: Any) -> Data:
@@ -151,7 +150,7 @@ def prepare_data(cfg: DictConfig, tokenizer: Any) -> Data:
         steps = int(tr.max_steps)
     else:
         steps = max(1, math.ceil(float(tr.epochs) * batches.per_epoch / tr.grad_accum))
-    return Data(batches, val_rows, steps, list(val_examples))
+    return Data(batches, val_rows, steps)
 
 
 # ----------------------------------------------------------------------------------------------- run dir
@@ -635,7 +634,7 @@ def train(
         from framework.evaluation import SAMPLES, Samples
 
         samples = Samples(
-            d.val_examples, cfg.eval.samples, tokenizer, cfg.eval.samples_max_new_tokens, run.path / SAMPLES
+            d.val, cfg.eval.samples, tokenizer, cfg.eval.samples_max_new_tokens, run.path / SAMPLES
         )
 
     try:

@@ -60,14 +60,12 @@ def test_free_text_has_exact_match_only() -> None:
 def test_chat_template_renders_the_training_prompt() -> None:
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-    from framework.dataset import render_prompt
-
     ds = OmegaConf.create(
         {"template": "### Q {{x}}:\n{prompt}\n\n### A:\n", "prompt_field": "instruction", "input_field": None}
     )
     tpl = ImmutableSandboxedEnvironment().from_string(chat_template_from(ds.template))
     text = tpl.render(messages=[{"role": "user", "content": "Hi {there}"}], eos_token="</s>")
-    assert text == render_prompt({"instruction": "Hi {there}"}, ds)
+    assert text == ds.template.format(prompt="Hi {there}", input="")  # as the data pipeline renders a row
     chat = [
         {"role": "system", "content": "Be brief."},
         {"role": "user", "content": "1"},
