@@ -27,6 +27,7 @@ from hydra_plugins.kubernetes_launcher import _backends, _render
 from hydra_plugins.kubernetes_launcher._client import default_namespace
 from omegaconf import DictConfig, OmegaConf, flag_override, open_dict, read_write
 
+from framework.config import config_yaml, resolved
 from framework.errors import ConfigError
 from framework.launcher_config import sweep_output_uri
 from framework.sweep import JobSummary, format_summary
@@ -53,6 +54,7 @@ class Job:
     wall_s: float | None = None
     submitted: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+    plain: dict[str, Any] = field(default_factory=dict)  # the resolved config without hydra (what pods read)
 
     @property
     def log_path(self) -> Path:
@@ -144,31 +146,19 @@ def _check_framework_app(sweep_config: DictConfig) -> None:
 
 
 def _save_hydra_files(job: Job) -> None:
-    """What Hydra's run_job writes for every job: .hydra/{config,hydra,overrides}.yaml (output_subdir)."""
+    """What Hydra's run_job writes for every job: .hydra/{config,hydra,overrides}.yaml (output_subdir). The task
+    config is the resolved one the pods read (as the run dir's config.yaml); libyaml keeps it ~1 ms a job."""
     cfg = job.cfg
     with read_write(cfg.hydra.runtime), open_dict(cfg.hydra.runtime):
         cfg.hydra.runtime.output_dir = str(job.out_dir.resolve())
     if cfg.hydra.output_subdir is None:
         return
     out = job.out_dir / str(cfg.hydra.output_subdir)
-    _save_config(_task_cfg(cfg), "config.yaml", out)
-    _save_config(OmegaConf.create({"hydra": cfg.hydra}), "hydra.yaml", out)
-    _save_config(cfg.hydra.overrides.task, "overrides.yaml", out)
-
-
-def _save_config(cfg: Any, filename: str, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    (out / filename).write_text(OmegaConf.to_yaml(cfg))  # as Hydra's run_job writes them (unresolved)
-
-
-def _task_cfg(cfg: DictConfig) -> DictConfig:
-    """The job's config without its hydra node: what a task (and JobReturn.cfg) sees."""
-    from hydra_plugins.kubernetes_launcher._compose import clone
-
-    task = clone(cfg)
-    with read_write(task), open_dict(task):
-        del task["hydra"]
-    return task
+    (out / "config.yaml").write_text(config_yaml(job.plain))
+    hydra = OmegaConf.to_container(cfg.hydra, resolve=False, enum_to_str=True)
+    (out / "hydra.yaml").write_text(config_yaml({"hydra": hydra}))
+    (out / "overrides.yaml").write_text(config_yaml(list(job.overrides)))  # type: ignore[arg-type]
 
 
 def render_jobs(
@@ -205,6 +195,7 @@ def render_jobs(
                 if sweep and cfg.storage.output_uri:
                     cfg.storage.output_uri = sweep_output_uri(str(cfg.storage.output_uri), idx)
             _validate(cfg)
+            plain = resolved(cfg)
             name = _render.job_name(
                 str(cfg.run_name),
                 sweep_id=launcher.sweep_id,
@@ -213,7 +204,7 @@ def render_jobs(
                 nodes=int(cfg.hardware.nodes),
             )
             objs = _render.render(
-                cfg,
+                plain,
                 job_name=name,
                 sweep_id=launcher.sweep_id,
                 job_index=idx,
@@ -222,7 +213,7 @@ def render_jobs(
             )
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "manifests.yaml").write_text(_render.to_yaml(objs))
-        job = Job(idx, list(overrides), sweep_config, name, objs, out_dir)
+        job = Job(idx, list(overrides), sweep_config, name, objs, out_dir, plain=plain)
         _save_hydra_files(job)
         jobs.append(job)
     return jobs
@@ -232,9 +223,7 @@ def warnings_for(job: Job) -> list[str]:
     """What a dry run and a live submit both print about a job before it runs."""
     from hydra_plugins.kubernetes_launcher._problems import run_dir_is_durable
 
-    from framework.config import resolved
-
-    plain = resolved(job.cfg)
+    plain = job.plain
     launcher = plain["launcher"]
     out = []
     if not run_dir_is_durable(plain):
@@ -268,6 +257,8 @@ def launch(
 
     jobs = render_jobs(launcher, job_overrides, initial_job_idx)
     callbacks = launcher.hydra_context.callbacks if launcher.hydra_context is not None else None
+    if callbacks is not None and not getattr(callbacks, "callbacks", True):
+        callbacks = None  # none configured: skip setting HydraConfig per job (a masked copy, ~10 ms)
     live = [j for j in jobs if not j.launcher.dry_run]
     seen: set[str] = set()
     for job in jobs:  # the same warnings whether the job is submitted or only rendered
@@ -517,8 +508,8 @@ def _job_return(job: Job) -> JobReturn:
 
     ret = JobReturn(
         overrides=job.overrides,
-        cfg=_task_cfg(job.cfg),  # as a task sees it: no hydra node (Hydra's contract)
-        hydra_cfg=OmegaConf.create({"hydra": job.cfg.hydra}),
+        cfg=OmegaConf.create(job.plain),  # as a task sees it: no hydra node (Hydra's contract)
+        hydra_cfg=job.cfg,  # its hydra node, without a copy (read-only for the caller)
         working_dir=str(job.out_dir),
         task_name=JobRuntime.instance().get("name"),
     )

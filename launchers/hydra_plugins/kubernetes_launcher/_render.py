@@ -462,7 +462,7 @@ def _labels(
 
 
 def render(
-    cfg: DictConfig,
+    cfg: DictConfig | dict[str, Any],
     *,
     job_name: str,
     sweep_id: str,
@@ -475,7 +475,7 @@ def render(
     ``cfg`` is the job's composed config (its ``hydra`` node, if any, is dropped). Raises ConfigError naming the
     key for anything that cannot be rendered safely (a secret-looking plain env var, a bad Secret reference...).
     """
-    plain = resolved_config(cfg)
+    plain = dict(cfg) if isinstance(cfg, dict) else resolved_config(cfg)  # a launcher passes what it resolved
     problems = plain_problems(plain)
     problems += [  # the overrides land in an annotation as written
         f"the override {o.split('=', 1)[0]}=... holds what looks like {what}; pass secrets by reference "
