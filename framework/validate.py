@@ -120,14 +120,14 @@ def scheduler_problems(cfg: DictConfig) -> list[str]:
     problems = _generic(cfg, "scheduler")
     warmup, steps = cfg.scheduler.warmup_steps, cfg.train.max_steps
     if isinstance(warmup, int) and isinstance(steps, int) and steps >= 1 and warmup > steps:
-        # A warning, not a refusal: smoke runs of a few steps keep the recipe's warmup on purpose.
-        log.warning(
-            "scheduler.warmup_steps=%d is longer than train.max_steps=%d: the learning rate never reaches "
-            "optim.lr (peak %.3g of it); lower scheduler.warmup_steps",
-            warmup,
-            steps,
-            steps / warmup,
+        why = (
+            f"scheduler.warmup_steps={warmup} is longer than train.max_steps={steps}: the learning rate never "
+            f"reaches optim.lr (peak {steps / warmup:.3g} of it); lower scheduler.warmup_steps"
         )
+        if "scheduler.warmup_steps" in pretrained.explicit_keys():
+            problems.append(why)  # the user asked for it: refuse
+        else:
+            log.warning("%s", why)  # the recipe's warmup on a smoke run of a few steps: say so, run
     return problems
 
 
@@ -326,7 +326,10 @@ def _output_problems(cfg: DictConfig, missing: set[str]) -> list[str]:
             continue
         if "://" in value and not value.startswith("file://"):
             continue  # remote: checked by the first write, with retries (framework.storage)
-        why = _unwritable(Path(value.removeprefix("file://")).expanduser())
+        path = Path(value.removeprefix("file://")).expanduser()
+        if key == "dataset.cache_dir" and path.is_file():
+            continue  # framework.data.problems names that one
+        why = _unwritable(path)
         if why:
             problems.append(f"{key}={value} cannot be written: {why}; choose a writable location")
     return problems

@@ -35,7 +35,7 @@ BAD: list[Mutation] = [
     *_kv("optim.name", ["lion", "''"], True),
     *_kv("scheduler.name", ["linear"], True),
     *_kv("scheduler.min_lr_ratio", ["-1", "1.5", "nan"], True),
-    *_kv("scheduler.warmup_steps", ["-1"], True),
+    *_kv("scheduler.warmup_steps", ["-1", "1000"], True),
     *_kv("train.max_steps", ["0", "-5", "abc", "1.5"], True),
     *_kv("train.micro_batch_size", ["0", "-1"], True),
     *_kv("train.grad_accum", ["0"], True),
