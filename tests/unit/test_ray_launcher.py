@@ -1,6 +1,6 @@
 """launcher=ray without a cluster: discovery, no torch while submitting, problems, scaling, auth, exit codes.
 
-The runs against a real local Ray cluster are in tests/integration/test_ray_launcher.py.
+The runs against a real local Ray cluster are in tests/integration/test_ray_cluster.py.
 """
 
 from __future__ import annotations

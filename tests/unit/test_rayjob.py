@@ -1,7 +1,7 @@
 """launcher.backend=rayjob: the KubeRay RayJob for 1, 2 and 4 nodes against golden files and the RayJob and
 RayCluster CRDs (KubeRay v1.7), its pods, secrets, clean-up, Kueue and status reading.
 
-The entrypoint run against a real local Ray cluster is in tests/integration/test_ray_launcher.py.
+The entrypoint run against a real local Ray cluster is in tests/integration/test_ray_cluster.py.
 Regenerate the golden files after an intended change: ``UPDATE_GOLDEN=1 python -m pytest tests/unit/test_rayjob.py``.
 """
 
