@@ -43,6 +43,11 @@ RESOURCES: dict[tuple[str, str, str], str] = {
     ("kubeflow.org", "v1", "pytorchjobs"): "PyTorchJob",
     ("trainer.kubeflow.org", "v1alpha1", "trainjobs"): "TrainJob",
     ("ray.io", "v1", "rayjobs"): "RayJob",
+    # what preflight reads (launchers/hydra_plugins/kubernetes_launcher/_preflight.py)
+    ("", "v1", "secrets"): "Secret",
+    ("", "v1", "persistentvolumeclaims"): "PersistentVolumeClaim",
+    ("kueue.x-k8s.io", "v1beta2", "localqueues"): "LocalQueue",
+    ("trainer.kubeflow.org", "v1alpha1", "trainingruntimes"): "TrainingRuntime",
 }
 CRDS = {"jobsets", "pytorchjobs", "trainjobs", "rayjobs"}
 PLURALS = {
@@ -52,6 +57,16 @@ PLURALS = {
     "TrainJob": "trainjobs",
     "RayJob": "rayjobs",
 }
+# Cluster-scoped resources (get/list; objects kept under namespace ""), and SelfSubjectAccessReview.
+CLUSTER_RESOURCES: dict[tuple[str, str, str], str] = {
+    ("", "v1", "nodes"): "Node",
+    ("trainer.kubeflow.org", "v1alpha1", "clustertrainingruntimes"): "ClusterTrainingRuntime",
+    ("kueue.x-k8s.io", "v1beta2", "clusterqueues"): "ClusterQueue",
+}
+_CLUSTER_PATH = re.compile(
+    r"^/(?:api/(?P<cv>v1)|apis/(?P<group>[^/]+)/(?P<version>[^/]+))/(?P<plural>[^/]+)(?:/(?P<name>[^/]+))?$"
+)
+SSAR_PATH = "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews"
 _PATH = re.compile(
     r"^/(?:api/(?P<cv>v1)|apis/(?P<group>[^/]+)/(?P<version>[^/]+))/namespaces/(?P<ns>[^/]+)"
     r"(?:/(?P<plural>[^/]+)(?:/(?P<name>[^/]+)(?:/(?P<sub>[^/]+))?)?)?$"
@@ -140,6 +155,9 @@ class FakeKube:
         self.logs: dict[tuple[str, str], list[str]] = {}
         self.logs_done: set[tuple[str, str]] = set()
         self.on_create: list[Callable[[FakeKube, Obj], None]] = []
+        self.forbidden: set[tuple[str, str, str]] = (
+            set()
+        )  # (verb, group, resource) SSAR answers "not allowed"
         self.stopping = False
         self._server: ThreadingHTTPServer | None = None
 
@@ -378,6 +396,42 @@ class _Handler(BaseHTTPRequestHandler):
         kube = self.kube
         if path == "/version":
             self._send(200, {"major": "1", "minor": "33", "gitVersion": "v1.33.0-fake"})
+            return
+        if path == SSAR_PATH and method == "POST":
+            attrs = (body or {}).get("spec", {}).get("resourceAttributes", {})
+            resource = attrs.get("resource", "") + (
+                f"/{attrs['subresource']}" if attrs.get("subresource") else ""
+            )
+            allowed = (attrs.get("verb"), attrs.get("group", ""), resource) not in kube.forbidden
+            self._send(201, {**body, "status": {"allowed": allowed}})
+            return
+        c = _CLUSTER_PATH.match(path)
+        if c and c["plural"] != "namespaces":
+            group, version = ("", "v1") if c["cv"] else (c["group"], c["version"])
+            ckind = CLUSTER_RESOURCES.get((group, version, c["plural"]))
+            if ckind is None or method != "GET":
+                self._error(404, "the server could not find the requested resource")
+            elif c["name"] is None:
+                with kube.cond:
+                    items = [
+                        json.loads(json.dumps(o))
+                        for (p, ns, _), o in sorted(kube.objects.items())
+                        if p == c["plural"] and ns == ""
+                    ]
+                self._send(
+                    200,
+                    {"kind": f"{ckind}List", "metadata": {"resourceVersion": str(kube.rv)}, "items": items},
+                )
+            else:
+                obj = kube.get(c["plural"], "", c["name"])
+                if obj is None:
+                    self._error(
+                        404,
+                        f'{c["plural"]} "{c["name"]}" not found',
+                        {"name": c["name"], "kind": c["plural"]},
+                    )
+                else:
+                    self._send(200, obj)
             return
         m = _PATH.match(path)
         if not m:

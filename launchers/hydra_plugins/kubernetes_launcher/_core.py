@@ -324,6 +324,23 @@ def _clients(jobs: Sequence[Job]) -> dict[tuple[Any, ...], JobClient]:
     return clients
 
 
+def _run_preflight(jobs: Sequence[Job], clients: dict[tuple[Any, ...], JobClient]) -> None:
+    """Read-only checks before anything is submitted (launcher.preflight); once per distinct set of needs."""
+    from hydra_plugins.kubernetes_launcher import _preflight
+
+    seen: set[str] = set()
+    for job in jobs:
+        L = job.launcher
+        if not getattr(L, "preflight", True):
+            continue
+        key = (L.context, L.namespace, L.backend)
+        signature = repr((key, _preflight.signature(job.objs, job.cfg)))
+        if signature in seen:
+            continue
+        seen.add(signature)
+        _preflight.check(clients[key], job.objs, job.cfg)
+
+
 def _emit(prefix: str, job: Job | None = None) -> Any:
     def emit(line: str) -> None:
         with _print_lock:
@@ -336,6 +353,7 @@ def _emit(prefix: str, job: Job | None = None) -> Any:
 
 def _run(jobs: list[Job]) -> None:
     clients = _clients(jobs)
+    _run_preflight(jobs, clients)
     first = jobs[0].launcher
     stop = threading.Event()
     many = len(jobs) > 1
