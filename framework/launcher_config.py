@@ -58,7 +58,12 @@ class LauncherConfig:
         "framework-torch"  # trainjob: the (Cluster)TrainingRuntime (the chart's, or torch-distributed)
     )
     runtime_kind: str = "ClusterTrainingRuntime"  # trainjob: ClusterTrainingRuntime | TrainingRuntime
-    preflight: bool = True  # read-only checks before submit: namespace, Secrets, PVCs, queue, RBAC, GPUs, bucket
+    staging_uri: str | None = (
+        None  # where local model/dataset paths are uploaded; null: <output bucket>/framework-staging
+    )
+    preflight: bool = (
+        True  # read-only checks before submit: namespace, Secrets, PVCs, queue, RBAC, GPUs, bucket
+    )
     # --- pod profile ---
     run_as_user: int = 1000  # pod UID and GID; the image's user (dockerfiles/Dockerfile)
     fs_group: int = 1000  # group that owns mounted volumes

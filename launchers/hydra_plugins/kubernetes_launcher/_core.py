@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobReturn, JobRuntime, JobStatus, configure_log, setup_globals
-from hydra_plugins.kubernetes_launcher import _backends, _render
+from hydra_plugins.kubernetes_launcher import _backends, _render, _staging
 from hydra_plugins.kubernetes_launcher._client import default_namespace
 from omegaconf import DictConfig, OmegaConf, flag_override, open_dict, read_write
 
@@ -195,6 +195,8 @@ def render_jobs(
                 if sweep and cfg.storage.output_uri:
                     cfg.storage.output_uri = sweep_output_uri(str(cfg.storage.output_uri), idx)
             _validate(cfg)
+            # local model/dataset paths -> the run's S3 storage, content-addressed (dry runs only name them)
+            _staging.stage(cfg, upload=not bool(cfg.launcher.dry_run))
             plain = resolved(cfg)
             name = _render.job_name(
                 str(cfg.run_name),
