@@ -163,6 +163,20 @@ class FakeKube:
 
     # ------------------------------------------------------------------------------------- lifecycle
     def start(self) -> FakeKube:
+        # Each namespace as dockerfiles/chart sets it up: the outputs PVC that launcher.run_dir_pvc names by
+        # default (preflight checks it exists). Tests about a missing PVC delete it.
+        for ns in sorted(self.namespaces):
+            if ("persistentvolumeclaims", ns, "framework-outputs") not in self.objects:
+                self.put(
+                    "persistentvolumeclaims",
+                    {
+                        "apiVersion": "v1",
+                        "kind": "PersistentVolumeClaim",
+                        "metadata": {"name": "framework-outputs", "namespace": ns},
+                        "spec": {"accessModes": ["ReadWriteMany"]},
+                        "status": {"phase": "Bound"},
+                    },
+                )
         kube = self
 
         class Handler(_Handler):

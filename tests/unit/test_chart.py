@@ -15,11 +15,12 @@ from typing import Any
 import pytest
 import yaml
 from hydra_plugins.kubernetes_launcher import _client
-from hydra_plugins.kubernetes_launcher._backends import BACKENDS
+from hydra_plugins.kubernetes_launcher._backends import BACKENDS, JobParts
 from hydra_plugins.kubernetes_launcher._client import JobClient, KubernetesError
-from hydra_plugins.kubernetes_launcher._render import job_name, main_object, pod_templates, render
+from hydra_plugins.kubernetes_launcher._render import _view, job_name, main_object, pod_templates, render
 from kubernetes.client.exceptions import ApiException
 
+from framework.config import resolved
 from tests.fixtures.chart import CHART, NS, run_helm, template
 from tests.k8s import pss, schemas
 from tests.k8s.compose import compose
@@ -243,7 +244,22 @@ def test_training_runtime_carries_the_failure_semantics() -> None:
         "action": "FailJobSet",
         "onJobFailureReasons": ["PodFailurePolicy"],
     }
+    # the jobset backend's failure semantics, rule for rule (issue 14: one incident, one restart)
+    view = _view(resolved(compose("hardware=cpu", "launcher.backend=jobset")))
+    ref = BACKENDS["jobset"].job_spec(JobParts(view, "x", {"metadata": {}, "spec": {}}, {}))
+    assert {k: v for k, v in spec["failurePolicy"].items() if k != "maxRestarts"} == {
+        k: v for k, v in ref["failurePolicy"].items() if k != "maxRestarts"
+    }
+    child = ref["replicatedJobs"][0]["template"]["spec"]
     (node,) = spec["replicatedJobs"]
+    ours = node["template"]["spec"]
+    assert ours["podReplacementPolicy"] == child["podReplacementPolicy"]
+    assert ours["backoffLimit"] == child["backoffLimit"] == 0
+    renamed = [  # the runtime's container is "node" (the stock runtime's name), the jobset backend's "trainer"
+        {**r, "onExitCodes": {**r["onExitCodes"], "containerName": "node"}} if "onExitCodes" in r else r
+        for r in child["podFailurePolicy"]["rules"]
+    ]
+    assert ours["podFailurePolicy"]["rules"] == renamed
     assert node["name"] == "node"
     rules = node["template"]["spec"]["podFailurePolicy"]["rules"]
     assert [r["action"] for r in rules] == ["FailJob", "Ignore", "Ignore"]
@@ -260,7 +276,8 @@ def test_launcher_defaults_are_launcher_settings_that_render() -> None:
     ]
     settings = yaml.safe_load(cm["data"]["launcher.yaml"])
     assert settings["namespace"] == NS and settings["s3_secret"] == "framework-s3"
-    assert settings["pvcs"]["framework-outputs"] == settings["run_dir"] == "/workspace/runs"
+    assert settings["run_dir_pvc"] == "framework-outputs" and settings["run_dir"] == "/workspace/runs"
+    assert settings["pvcs"] == {"framework-datasets": "/data", "framework-hf-cache": "/hf-cache"}
     overrides = [f"++launcher.{key}={hydra_value(value)}" for key, value in settings.items()]
     cfg = compose("hardware=cpu", *overrides)
     name = job_name(str(cfg.run_name), sweep_id="s0", job_index=0)

@@ -27,7 +27,7 @@ GPU = (
     "launcher.hf_token_secret=hf-token:token",
     "launcher.s3_secret=framework-s3",
     "launcher.image_pull_secrets=[registry-pull]",
-    "+launcher.pvcs.framework-outputs=/workspace/runs",
+    "launcher.run_dir_pvc=framework-outputs",  # the chart's outputs PVC (the default)
     "launcher.queue=training",
 )
 
@@ -216,7 +216,7 @@ def test_sweeps_check_once_and_preflight_false_skips(
     for i, lr in enumerate(("1e-4", "3e-4", "1e-3")):
         objs, cfg = job(*GPU, f"optim.lr={lr}")
         jobs.append(SimpleNamespace(launcher=cfg.launcher, objs=objs, cfg=cfg, idx=i))
-    key = (None, NS, "indexed_job")
+    key = (None, NS, str(jobs[0].launcher.backend))
     _core._run_preflight(jobs, {key: None})  # type: ignore[arg-type,dict-item]
     assert len(calls) == 1
     objs, cfg = job(*GPU, "launcher.preflight=false")

@@ -83,7 +83,9 @@ def staging_root(cfg: Any) -> str | None:
 
 
 def _under_pvc(path: str, cfg: Any) -> bool:
-    mounts = [str(m).rstrip("/") for m in (cfg.launcher.pvcs or {}).values()]
+    from hydra_plugins.kubernetes_launcher._names import effective_pvcs
+
+    mounts = [str(m).rstrip("/") for m in effective_pvcs(cfg.launcher).values()]
     return any(path == m or path.startswith(m + "/") for m in mounts)
 
 
