@@ -142,14 +142,7 @@ def load_pretrained(cfg: DictConfig, dtype: Any) -> Any:
 
     m = cfg.model
     path = pretrained.local_dir(str(m.pretrained), m.get("revision"))
-    arch = {k: m[k] for k in pretrained.ARCH_FIELDS}
-    hf_config = path / "config.json"
-    head_dim = None
-    if hf_config.is_file():
-        import json
-
-        head_dim = json.loads(hf_config.read_text(encoding="utf-8")).get("head_dim")
-    problems = pretrained.weight_problems(path, arch, head_dim=head_dim)
+    problems = pretrained.directory_problems(path)  # again here: a URI's files are local only now
     if problems:
         raise ConfigError(problems)
     kwargs: dict[str, Any] = {"dtype": dtype, "attn_implementation": m.attn_implementation}

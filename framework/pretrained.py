@@ -483,6 +483,24 @@ def apply(cfg: DictConfig, *, explicit: set[str] | None = None, here: bool = Tru
     return problems
 
 
+def directory_problems(directory: Path) -> list[str]:
+    """A local checkpoint directory checked on its own: its config.json, the architecture it names and its
+    weights against it (what :func:`apply` checks at validation, for the files as they are when loaded)."""
+    try:
+        ckpt = read_config(str(directory))
+    except (Unavailable, ValueError) as e:
+        return [f"model.pretrained: {e}"]
+    values, problems = architecture(ckpt)
+    if problems:
+        return problems
+    return weight_problems(
+        directory,
+        values,
+        head_dim=ckpt.config.get("head_dim"),
+        quantized="quantization_config" in ckpt.config,
+    )
+
+
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "vocab.json")
 
 

@@ -88,3 +88,24 @@ def test_qlora_memory_estimate_quantizes_only_the_decoder_linears() -> None:
     linear = 32 * (4096 * 4096 * 2 + 4096 * 1024 * 2 + 3 * 4096 * 14336)  # q,o + k,v + gate,up,down
     assert bf16.weights - nf4.weights == pytest.approx((2 - 0.516) * linear, rel=1e-3)
     assert nf4.weights > 2 * 2 * s.vocab * s.hidden  # embeddings and head stay bf16
+
+
+def test_qlora_loads_the_base_in_nf4(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What runs here of the QLoRA load: the quantization config handed to transformers (the 4-bit load itself
+    needs bitsandbytes on a CUDA GPU)."""
+    import transformers
+
+    from framework.model import load_pretrained
+    from tests.pretrained_fixtures import write_checkpoint
+
+    ckpt = write_checkpoint(tmp_path / "m")
+    cfg = cfg_for(f"model.pretrained={ckpt}", "model.load_in_4bit=true", "hardware.precision=bf16")
+    seen = {}
+    monkeypatch.setattr(
+        transformers.AutoModelForCausalLM, "from_pretrained", lambda path, **kw: seen.update(kw, path=path)
+    )
+    load_pretrained(cfg, torch.bfloat16)
+    q = seen["quantization_config"]
+    assert (q.load_in_4bit, q.bnb_4bit_quant_type, q.bnb_4bit_use_double_quant) == (True, "nf4", True)
+    assert q.bnb_4bit_compute_dtype == torch.bfloat16 and seen["device_map"] == {"": 0}
+    assert seen["path"] == str(ckpt)
