@@ -75,6 +75,7 @@ sys.path.insert(0, str(ROOT))
 
 from framework import dataset as data  # noqa: E402
 from framework import memory  # noqa: E402
+from recipes import trains  # noqa: E402
 
 SHAPES: dict[str, dict[str, Any]] = {
     # CPU default: a tiny Llama; seq 256, micro batch 8.
@@ -214,7 +215,7 @@ def flops_per_doc(cfg: Any, n: int) -> float:
     s = memory.shapes(cfg)
     pc = memory.param_counts(cfg)
     n_mm = s.matmul_params()
-    trained_mm = n_mm if cfg.recipe.finetune == "full" else 0
+    trained_mm = n_mm if trains(cfg.recipe.name) == "full" else 0
     dense = 4 * n_mm + 2 * trained_mm + 6 * pc.lora
     attention = 12 * s.layers * s.q_dim * n * (n + 1) / 2
     return dense * n + attention
@@ -391,7 +392,7 @@ def build_base(cfg: Any, liger: bool = False) -> Any:
         from liger_kernel.transformers import apply_liger_kernel_to_llama
 
         apply_liger_kernel_to_llama(model=model)
-    if cfg.recipe.finetune == "lora":
+    if trains(cfg.recipe.name) == "lora":
         model = apply_lora(model, cfg)
     return model
 

@@ -16,8 +16,8 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 import traceback
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,16 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBase
 
 from framework import distributed as dist
 from framework.config import Config, conf_dir, register, resolved_yaml
-from framework.errors import EXIT_RUNTIME, EXIT_USAGE, ConfigError, FrameworkError, Preempted
+from framework.errors import (
+    EXIT_INTERRUPTED,
+    EXIT_PREEMPTED,
+    EXIT_RUNTIME,
+    EXIT_USAGE,
+    ConfigError,
+    FrameworkError,
+    Preempted,
+)
+from framework.hydra_compat import no_mode_compose
 from framework.validate import check
 from recipes import RECIPES
 
@@ -60,22 +69,14 @@ def recipe_entry(name: str) -> Any:
 
 def spawn_torchrun(cfg: DictConfig, run_dir: str) -> dict[str, Any]:
     """Run the recipe in ``nproc_per_node`` local processes under torchrun, each reading the resolved config."""
-    import json
+    from framework import storage
+    from framework.rundir import JobResult, read_metrics
 
     n = cfg.hardware.nproc_per_node
     port = dist.free_port()
     env = dict(os.environ)
-    env.update(
-        {
-            "MASTER_ADDR": "127.0.0.1",
-            "MASTER_PORT": str(port),
-            "NNODES": "1",
-            "NODE_RANK": "0",
-            "NPROC_PER_NODE": str(n),
-        }
-    )
-    from framework import storage
-
+    env.update(zip(dist.RENDEZVOUS_ENV, ("127.0.0.1", str(port), "1", "0", str(n)), strict=True))
+    t0 = time.time()
     with tempfile.TemporaryDirectory(prefix="framework-launch-") as tmp:
         (Path(tmp) / "config.yaml").write_text(resolved_yaml(cfg))
         # A remote run directory comes from storage.output_uri in the config; Hydra's own dir stays local.
@@ -89,27 +90,19 @@ def spawn_torchrun(cfg: DictConfig, run_dir: str) -> dict[str, Any]:
         ]  # fmt: skip
         log.info("Starting %d processes under torchrun; run directory: %s", n, run_dir)
         rc = subprocess.call(cmd, env=env)
-    if rc == 143 or rc == -15:
+    if rc in (EXIT_PREEMPTED, -signal.SIGTERM):
         raise Preempted(f"torchrun job stopped by SIGTERM; rerun the same command to resume from {run_dir}")
     if rc == EXIT_USAGE:
         raise ConfigError("a training process rejected the config or data (see its message above)")
     if rc != 0:
         raise FrameworkError(f"torchrun exited with code {rc}; see the rank logs above")
-    evals = []
-    metrics = storage.join(run_dir, "metrics.jsonl")
-    if storage.exists(metrics):
-        evals = [json.loads(ln) for ln in storage.read_text(metrics).splitlines() if "eval_loss" in ln]
-    return {
-        "status": "COMPLETED",
-        "eval_loss": evals[-1]["eval_loss"] if evals else None,
-        "run_dir": str(run_dir),
-    }
+    rows = read_metrics(run_dir)
+    return JobResult.from_metrics("COMPLETED", str(run_dir), rows, wall_s=time.time() - t0).as_dict()
 
 
 def task(cfg: DictConfig) -> dict[str, Any]:
     """The Hydra task: validate, then run the recipe here, or fan out under torchrun or Ray Train."""
     from framework.launcher_config import sweep_output_uri
-    from framework.train import run_dir_for
 
     if dist.under_torchrun() and int(os.environ.get("RANK", "0")) != 0:
         logging.getLogger().setLevel(logging.WARNING)
@@ -122,14 +115,15 @@ def task(cfg: DictConfig) -> dict[str, Any]:
         cfg = check(cfg, gpu_count=_gpu_count)
         if multirun and cfg.storage.output_uri:  # a sweep job: its own run dir, recorded in its config
             cfg.storage.output_uri = sweep_output_uri(str(cfg.storage.output_uri), HydraConfig.get().job.num)
-        run_dir = run_dir_for(cfg)
+        from framework.rundir import run_dir_for  # storage and fsspec: only once a run starts
+
         if cfg.launcher.name == "local" and cfg.hardware.nproc_per_node > 1 and not dist.under_torchrun():
-            return spawn_torchrun(cfg, run_dir)
+            return spawn_torchrun(cfg, run_dir_for(cfg))
         if cfg.launcher.name == "ray" and not dist.under_torchrun():
             # The Ray job's driver (launcher=ray submitted it): Ray Train's workers run the recipe.
             from hydra_plugins.ray_launcher._train import run_on_ray
 
-            return run_on_ray(cfg, run_dir)
+            return run_on_ray(cfg, run_dir_for(cfg))
         result: dict[str, Any] = recipe_entry(cfg.recipe.name)(cfg)
         return result
     except FrameworkError as e:
@@ -140,7 +134,10 @@ def task(cfg: DictConfig) -> dict[str, Any]:
         # One failing sweep job must not stop the others; the summary and the exit code report it.
         log.error("%s", e)
         _failed_jobs.append((str(e), e.exit_code))
-        return {"status": "REJECTED" if e.exit_code == EXIT_USAGE else "FAILED", "error": str(e)}
+        from framework.rundir import JobResult
+
+        status = "REJECTED" if e.exit_code == EXIT_USAGE else "FAILED"
+        return JobResult(status, error=str(e)).as_dict()
     finally:
         _in_task = False
 
@@ -157,7 +154,9 @@ def validate_only(cfg: DictConfig) -> dict[str, Any]:
         f"hardware={cfg.hardware.name} launcher={cfg.launcher.name} (validated only; nothing was started)",
         flush=True,
     )
-    return {"status": "VALID"}
+    from framework.rundir import JobResult
+
+    return JobResult("VALID").as_dict()
 
 
 def validate_overrides(args: list[str], out_dir: str) -> list[str]:
@@ -222,8 +221,6 @@ def describe_error(e: BaseException) -> tuple[str, int]:
         return f"Invalid config: {msg}".rstrip(), EXIT_USAGE
     if isinstance(e, HydraException):
         return f"Invalid usage: {e}", EXIT_USAGE
-    if type(e).__name__ == "StorageError":
-        return str(e), EXIT_RUNTIME
     return "".join(traceback.format_exception(e)).rstrip(), EXIT_RUNTIME
 
 
@@ -265,20 +262,6 @@ def mode_is_unset(args: list[str]) -> bool:
     return True
 
 
-@contextlib.contextmanager
-def _single_compose(args: list[str]) -> Iterator[None]:
-    """Skip the compose Hydra runs only to read ``hydra.mode`` (about 0.2 s of start-up) when it is unset."""
-    from hydra._internal.hydra import Hydra
-
-    original = Hydra.get_mode
-    if mode_is_unset(args):
-        Hydra.get_mode = lambda self, config_name, overrides: None  # type: ignore[method-assign]
-    try:
-        yield
-    finally:
-        Hydra.get_mode = original  # type: ignore[method-assign]
-
-
 def main(argv: list[str] | None = None) -> int:
     """Console entry point; returns the process exit code."""
     global _validate_only
@@ -316,7 +299,7 @@ def _main(args: list[str]) -> int:
         wrong = overrides.precheck(args)
         if wrong:
             raise ConfigError(wrong)
-        with _single_compose(args):
+        with no_mode_compose(skip=mode_is_unset(args)):
             app()
         if _run_error:
             raise _run_error[0]
@@ -325,7 +308,7 @@ def _main(args: list[str]) -> int:
     except BaseException as e:  # noqa: BLE001 - the single place errors become exit codes
         if isinstance(e, KeyboardInterrupt):
             print("error: interrupted (Ctrl-C) before training started; nothing was saved", file=sys.stderr)
-            return 130
+            return EXIT_INTERRUPTED
         if isinstance(e, BrokenPipeError):  # `framework --help | head`: the reader left, nothing went wrong
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             return 0

@@ -32,9 +32,10 @@ def tag_for(step: int) -> str:
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    """Readers see the old file or the new one, on disk before the call returns (``latest`` is the commit)."""
+    from framework import storage
+
+    storage.write_text_atomic(path, text)
 
 
 def rng_state() -> dict[str, Any]:

@@ -40,9 +40,7 @@ from framework.tracking_config import TrackingConfig
 
 @dataclass
 class RecipeConfig:
-    name: str = MISSING  # entry point in recipes.RECIPES: lora_llama | full_finetune | evaluate
-    # lora: train adapters only; full: train every weight; none: nothing (evaluate)
-    finetune: str = d("lora", one_of("lora", "full", "none"))
+    name: str = MISSING  # entry point in recipes.RECIPES: lora_llama | full_finetune | evaluate (what it trains: recipes.TRAINS)
 
 
 @dataclass

@@ -6,8 +6,10 @@ from collections.abc import Iterable
 
 EXIT_OK = 0
 EXIT_RUNTIME = 1
-EXIT_USAGE = 2
-EXIT_PREEMPTED = 143
+EXIT_USAGE = 2  # permanent: a retry cannot help (Kubernetes fails the job at once)
+EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT)
+EXIT_KILLED = 137  # 128 + SIGKILL: the OOM killer, or a kill after the grace period
+EXIT_PREEMPTED = 143  # 128 + SIGTERM, after a checkpoint: retryable, a restart resumes
 
 
 class FrameworkError(Exception):

@@ -16,7 +16,7 @@ Evaluation reads every example of ``dataset.path`` (the test set; no split) and 
   ``<unmatched>`` (always wrong). ``majority_accuracy`` is the accuracy of always answering the most common label.
 
 Written to ``<run>/eval/metrics.json`` and ``<run>/eval/predictions.jsonl`` (one line per example, in test-set
-order), one line in ``metrics.jsonl``, and the trackers. Under torchrun each rank evaluates its share.
+order), one line in the run's metrics file (framework.rundir), and the trackers. Under torchrun each rank evaluates its share.
 
 Nothing here imports torch at module level (the schema is part of the composed config).
 """
@@ -165,7 +165,7 @@ def task_metrics(
 
 
 def scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
-    """The numbers of a metrics dict as flat scalars for metrics.jsonl and the trackers."""
+    """The numbers of a metrics dict as flat scalars for the metrics file and the trackers."""
     flat = {k: float(v) for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)}
     for lab, vals in metrics.get("per_label", {}).items():
         key = re.sub(r"[^\w.-]", "_", lab)[:60]
@@ -259,6 +259,7 @@ def evaluate_run(cfg: Any, run_uri: str) -> dict[str, Any]:
     from framework import storage
     from framework.config import resolved, resolved_yaml
     from framework.generate import Settings, generate, load
+    from framework.rundir import METRICS
     from framework.tracking import make_trackers
     from framework.train import cpu_threads
 
@@ -311,7 +312,7 @@ def evaluate_run(cfg: Any, run_uri: str) -> dict[str, Any]:
             storage.join(run_uri, "eval", "metrics.json"), json.dumps(metrics, indent=1)
         )
         storage.write_text_atomic(
-            storage.join(run_uri, "metrics.jsonl"), json.dumps({"step": step, **scalars}) + "\n"
+            storage.join(run_uri, METRICS), json.dumps({"step": step, **scalars}) + "\n"
         )
         tracker = make_trackers(cfg.tracking, run_uri, cfg.run_name, resolved(cfg), True)
         tracker.log_metrics(scalars, step)

@@ -37,6 +37,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from framework import storage
 from framework.errors import EXIT_USAGE, FrameworkError, UsageError
+from recipes import trains
 
 log = logging.getLogger("framework.export")
 
@@ -71,7 +72,7 @@ class Run:
 
     @property
     def is_lora(self) -> bool:
-        return str(self.cfg.recipe.get("finetune", "lora")) == "lora"
+        return trains(self.cfg.recipe.name) == "lora"
 
     def has(self, rel: str) -> bool:
         return storage.exists(storage.join(self.uri, rel))
@@ -94,19 +95,14 @@ class Run:
         return sorted(steps)
 
     def eval_losses(self) -> dict[int, float]:
-        """``{step: eval_loss}`` from metrics.jsonl (the last line of a step wins; a torn last line is dropped)."""
-        path = storage.join(self.uri, "metrics.jsonl")
-        out: dict[int, float] = {}
-        if not storage.exists(path):
-            return out
-        for line in storage.read_text(path).splitlines():
-            try:
-                rec = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(rec, dict) and isinstance(rec.get("eval_loss"), int | float) and "step" in rec:
-                out[int(rec["step"])] = float(rec["eval_loss"])
-        return out
+        """``{step: eval_loss}`` from the run's metrics (the last line of a step wins; a torn line is dropped)."""
+        from framework.rundir import read_metrics
+
+        return {
+            int(rec["step"]): float(rec["eval_loss"])
+            for rec in read_metrics(self.uri)
+            if isinstance(rec.get("eval_loss"), int | float)
+        }
 
     def best_step(self) -> int:
         """The checkpoint ``checkpoints/best`` names, else the kept checkpoint with the lowest eval loss."""
@@ -537,7 +533,7 @@ def export(
     run = Run.open(run_uri)
     if merge and not run.is_lora:
         raise UsageError(
-            f"--merge needs a LoRA run, but {run.uri} is a full fine-tune (recipe.finetune=full): its "
+            f"--merge needs a LoRA run, but {run.uri} is a full fine-tune (recipe=full_finetune): its "
             "weights are already whole; export it without --merge"
         )
     source = select(run, step=step, best=best)

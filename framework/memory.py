@@ -27,11 +27,12 @@ estimate side by side in benchmarks/README.md.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 from framework import fastpath
 from framework.errors import ConfigError
+from recipes import trains
 
 GB = 1e9
 DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
@@ -42,14 +43,41 @@ QKV, GATE_UP = ("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj")
 NF4_BYTES = (4 + 8 / 64 + 32 / (64 * 256)) / 8
 
 
-def _get(node: Any, key: str, default: Any = None) -> Any:
-    """Read ``a.b.c`` from a DictConfig, a dataclass or a dict; ``default`` when absent or None."""
+def _lookup(node: Any, key: str) -> Any:
     cur = node
     for part in key.split("."):
         if cur is None:
-            return default
+            return None
         cur = cur.get(part) if isinstance(cur, dict) or hasattr(cur, "keys") else getattr(cur, part, None)
-    return default if cur is None else cur
+    return cur
+
+
+_SCHEMA: dict[str, Any] = {}
+
+
+def _schema_defaults() -> dict[str, Any]:
+    """The schema's defaults per group (the group dataclasses), so a partial config reads them from there."""
+    if not _SCHEMA:
+        import dataclasses
+
+        from framework import config
+
+        groups = {
+            "model": config.ModelConfig,
+            "dataset": config.DatasetConfig,
+            "hardware": config.HardwareConfig,
+            "train": config.TrainConfig,
+            "optim": config.OptimConfig,
+            "lora": config.LoraConfig,
+        }
+        _SCHEMA.update({g: dataclasses.asdict(c()) for g, c in groups.items()})
+    return _SCHEMA
+
+
+def _get(node: Any, key: str) -> Any:
+    """Read ``a.b.c`` from a DictConfig, a dataclass or a (partial) dict; absent or None: the schema's default."""
+    value = _lookup(node, key)
+    return _lookup(_schema_defaults(), key) if value is None else value
 
 
 @dataclass(frozen=True)
@@ -102,15 +130,14 @@ class Shapes:
 
 
 def shapes(cfg: Any) -> Shapes:
-    m = _get(cfg, "model")
     return Shapes(
-        vocab=int(_get(m, "vocab_size")),
-        hidden=int(_get(m, "hidden_size")),
-        intermediate=int(_get(m, "intermediate_size")),
-        layers=int(_get(m, "num_hidden_layers")),
-        heads=int(_get(m, "num_attention_heads")),
-        kv_heads=int(_get(m, "num_key_value_heads")),
-        tied=bool(_get(m, "tie_word_embeddings", False)),
+        vocab=int(_get(cfg, "model.vocab_size")),
+        hidden=int(_get(cfg, "model.hidden_size")),
+        intermediate=int(_get(cfg, "model.intermediate_size")),
+        layers=int(_get(cfg, "model.num_hidden_layers")),
+        heads=int(_get(cfg, "model.num_attention_heads")),
+        kv_heads=int(_get(cfg, "model.num_key_value_heads")),
+        tied=bool(_get(cfg, "model.tie_word_embeddings")),
     )
 
 
@@ -126,10 +153,10 @@ class ParamCounts:
 def param_counts(cfg: Any) -> ParamCounts:
     s = shapes(cfg)
     base = s.base_params()
-    if _get(cfg, "recipe.finetune", "lora") == "full":
+    if trains(_get(cfg, "recipe.name")) == "full":
         return ParamCounts(base, base, 0, True, True)
-    r = int(_get(cfg, "lora.r", 8))
-    targets = set(_get(cfg, "lora.target_modules", []) or [])
+    r = int(_get(cfg, "lora.r"))
+    targets = set(_get(cfg, "lora.target_modules") or [])
     lin = s.linears()
     lora = s.layers * sum(r * (a + b) for name, (a, b) in lin.items() if name in targets)
     if "lm_head" in targets:
@@ -139,7 +166,7 @@ def param_counts(cfg: Any) -> ParamCounts:
         lora += s.layers * sum(b for name, (_, b) in lin.items() if name in targets)
         lora += s.vocab if "lm_head" in targets else 0
     extra = 0
-    if _get(cfg, "model.train_embeddings", False):
+    if _get(cfg, "model.train_embeddings"):
         extra = 2 * s.vocab * s.hidden  # peft's modules_to_save: trained copies of embed_tokens and lm_head
     return ParamCounts(base + lora + extra, lora + extra, lora, bool(extra), False)
 
@@ -173,11 +200,6 @@ class Estimate:
         parts = ", ".join(f"{k} {v:.2f}" for k, v in g.items() if k != "total")
         return f"{g['total']:.1f} GB ({parts})"
 
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["total"] = self.total
-        return d
-
 
 def _lean_kernels(cfg: Any) -> bool:
     """RMSNorm and SwiGLU that save only their inputs (``model.kernels`` lean, or Liger's, which do the same)."""
@@ -191,18 +213,18 @@ def _fused_ce(cfg: Any) -> bool:
 def layer_activation_bytes(cfg: Any, *, first: bool = False) -> float:
     """Bytes autograd saves per token in one decoder layer (no checkpointing)."""
     s = shapes(cfg)
-    b = DTYPE_BYTES[_get(cfg, "hardware.precision", "fp32")]
-    full = _get(cfg, "recipe.finetune", "lora") == "full"
-    cuda = _get(cfg, "hardware.accelerator", "cpu") == "cuda"
-    attn = _get(cfg, "model.attn_implementation", "sdpa")
+    b = DTYPE_BYTES[_get(cfg, "hardware.precision")]
+    full = trains(_get(cfg, "recipe.name")) == "full"
+    cuda = _get(cfg, "hardware.accelerator") == "cuda"
+    attn = _get(cfg, "model.attn_implementation")
     h, i, kv, q = s.hidden, s.intermediate, s.kv_dim, s.q_dim
-    seq = int(_get(cfg, "dataset.max_seq_len", 2048))
+    seq = int(_get(cfg, "dataset.max_seq_len"))
 
     # RMSNorm upcasts its input to fp32 and keeps it and the fp32 rsqrt, twice per layer (lean/liger kernels:
     # the input in the model dtype and rstd). The first layer's input is the embedding output, which needs no
     # gradient when the embeddings are frozen (LoRA).
     lean = _lean_kernels(cfg)
-    frozen_embed = not full and not _get(cfg, "model.train_embeddings", False)
+    frozen_embed = not full and not _get(cfg, "model.train_embeddings")
     act = ((b if lean else 4) * h + 4) * (1 if first and frozen_embed else 2)
     act += b * (q + 2 * kv + q) + 4 * s.heads  # q, k (rotated), v, attention output (= o_proj input), lse
     act += b * (2 if lean else 3) * i  # SwiGLU: gate, up, act(gate) (lean/liger: act is recomputed)
@@ -215,9 +237,9 @@ def layer_activation_bytes(cfg: Any, *, first: bool = False) -> float:
         act += b * (h + h + i)  # inputs of q/k/v, gate/up, down (o's input is the attention output)
         return float(act)
 
-    r = int(_get(cfg, "lora.r", 8))
-    dropout = float(_get(cfg, "lora.dropout", 0.0))
-    targets = set(_get(cfg, "lora.target_modules", []) or [])
+    r = int(_get(cfg, "lora.r"))
+    dropout = float(_get(cfg, "lora.dropout"))
+    targets = set(_get(cfg, "lora.target_modules") or [])
     mask = 1 if cuda else b  # dropout mask: bool on CUDA, the input dtype on CPU
     shared = fastpath.resolve(cfg).fused_lora_inputs  # a fused group drops out one copy for all its members
     groups = ((QKV, h, True), (("o_proj",), q, False), (GATE_UP, h, True), (("down_proj",), i, True))
@@ -242,12 +264,12 @@ def layer_activation_bytes(cfg: Any, *, first: bool = False) -> float:
 def activation_bytes(cfg: Any) -> float:
     """Saved-for-backward bytes of one micro batch, excluding the loss (see :func:`logits_bytes`)."""
     s = shapes(cfg)
-    b = DTYPE_BYTES[_get(cfg, "hardware.precision", "fp32")]
+    b = DTYPE_BYTES[_get(cfg, "hardware.precision")]
     pc = param_counts(cfg)
-    tokens = int(_get(cfg, "train.micro_batch_size", 1)) * int(_get(cfg, "dataset.max_seq_len", 2048))
+    tokens = int(_get(cfg, "train.micro_batch_size")) * int(_get(cfg, "dataset.max_seq_len"))
     first = layer_activation_bytes(cfg, first=True)
     rest = layer_activation_bytes(cfg)
-    if _get(cfg, "model.gradient_checkpointing", False):
+    if _get(cfg, "model.gradient_checkpointing"):
         per_token = (
             s.layers * b * s.hidden + rest
         )  # each layer's input, plus one layer recomputed in backward
@@ -267,8 +289,8 @@ def activation_bytes(cfg: Any) -> float:
 def logits_bytes(cfg: Any) -> float:
     """Peak bytes of the loss computation for one micro batch."""
     s = shapes(cfg)
-    b = DTYPE_BYTES[_get(cfg, "hardware.precision", "fp32")]
-    tokens = int(_get(cfg, "train.micro_batch_size", 1)) * int(_get(cfg, "dataset.max_seq_len", 2048))
+    b = DTYPE_BYTES[_get(cfg, "hardware.precision")]
+    tokens = int(_get(cfg, "train.micro_batch_size")) * int(_get(cfg, "dataset.max_seq_len"))
     if not _fused_ce(cfg):
         return float(tokens * ((b + 12) * s.vocab + 8))
     # The labelled hidden states and their stored gradient (2b H per token), one chunk of fp32 logits and its
@@ -290,11 +312,11 @@ def estimate(cfg: Any) -> Estimate:
     """Peak memory per process for ``cfg`` (a composed config: DictConfig, the Config dataclass, or a dict)."""
     s = shapes(cfg)
     pc = param_counts(cfg)
-    b = DTYPE_BYTES[_get(cfg, "hardware.precision", "fp32")]
-    world = max(1, int(_get(cfg, "hardware.nodes", 1)) * int(_get(cfg, "hardware.nproc_per_node", 1)))
-    stage = int(_get(cfg, "hardware.zero_stage", 0))
-    bucket = float(_get(cfg, "hardware.bucket_size", 500_000_000))
-    cuda = _get(cfg, "hardware.accelerator", "cpu") == "cuda"
+    b = DTYPE_BYTES[_get(cfg, "hardware.precision")]
+    world = max(1, int(_get(cfg, "hardware.nodes")) * int(_get(cfg, "hardware.nproc_per_node")))
+    stage = int(_get(cfg, "hardware.zero_stage"))
+    bucket = float(_get(cfg, "hardware.bucket_size"))
+    cuda = _get(cfg, "hardware.accelerator") == "cuda"
     n_train = pc.trainable
 
     # ZeRO-3: this process's shard, plus the layer in use and the one being prefetched.
@@ -307,10 +329,10 @@ def estimate(cfg: Any) -> Estimate:
     # ZeRO-2/3: this process's shard of the gradients, plus one reduce bucket.
     grads = b * n_train / world + b * min(bucket, n_train) if stage >= 2 else float(b * n_train)
 
-    moments = 8 if _get(cfg, "optim.name", "adamw") == "adamw" else 0
+    moments = 8 if _get(cfg, "optim.name") == "adamw" else 0
     master = 0 if (b == 4 and stage == 0) else 4 + 4  # fp32 master weights and fp32 gradients
     optimizer = (moments + master) * n_train / (world if stage >= 1 else 1)
-    if _get(cfg, "hardware.offload_optimizer", False):
+    if _get(cfg, "hardware.offload_optimizer"):
         optimizer = 0.0
 
     return Estimate(
@@ -322,8 +344,8 @@ def estimate(cfg: Any) -> Estimate:
         runtime=RUNTIME_GB_CUDA * GB if cuda else 0.0,
         params_total=pc.total,
         params_trainable=n_train,
-        tokens_per_micro_batch=int(_get(cfg, "train.micro_batch_size", 1))
-        * int(_get(cfg, "dataset.max_seq_len", 2048)),
+        tokens_per_micro_batch=int(_get(cfg, "train.micro_batch_size"))
+        * int(_get(cfg, "dataset.max_seq_len")),
     )
 
 
@@ -331,9 +353,9 @@ def fixes(cfg: Any, est: Estimate, max_micro: int = 0) -> list[str]:
     """What would bring the estimate down, biggest lever first. ``max_micro``: the largest micro batch that
     fits (:func:`max_micro_batch`), when known and at least 1."""
     out: list[str] = []
-    stage = int(_get(cfg, "hardware.zero_stage", 0))
-    world = int(_get(cfg, "hardware.nodes", 1)) * int(_get(cfg, "hardware.nproc_per_node", 1))
-    mb = int(_get(cfg, "train.micro_batch_size", 1))
+    stage = int(_get(cfg, "hardware.zero_stage"))
+    world = int(_get(cfg, "hardware.nodes")) * int(_get(cfg, "hardware.nproc_per_node"))
+    mb = int(_get(cfg, "train.micro_batch_size"))
     if not _fused_ce(cfg) and est.logits > 0.1 * est.total:
         out.append(f"model.fused_linear_ce=true (the logits take {est.logits / GB:.1f} GB)")
     if max_micro:
@@ -342,7 +364,7 @@ def fixes(cfg: Any, est: Estimate, max_micro: int = 0) -> list[str]:
         )
     if not _lean_kernels(cfg) and est.activations > 0.1 * est.total:
         out.append("model.kernels=lean (RMSNorm and SwiGLU keep about a third less for backward)")
-    if not _get(cfg, "model.gradient_checkpointing", False) and est.activations > 0.1 * est.total:
+    if not _get(cfg, "model.gradient_checkpointing") and est.activations > 0.1 * est.total:
         out.append(f"model.gradient_checkpointing=true (activations take {est.activations / GB:.1f} GB)")
     if not max_micro and mb > 1 and est.activations + est.logits > 0.2 * est.total:
         out.append(

@@ -151,7 +151,7 @@ class MetricsServer:
         gpu_memory_reserved_bytes: float | None = None,
         **other: Any,
     ) -> None:
-        """Set the values given (None: unchanged). Names match metrics.jsonl keys, so a metrics line can be
+        """Set the values given (None: unchanged). Names match the metrics keys (framework.rundir), so a metrics line can be
         passed as ``update(**line)``; keys this server does not export (perplexity, ...) are ignored.
         Durations are also observed into their histograms.
         """

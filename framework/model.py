@@ -11,8 +11,9 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from framework import fastpath, pretrained
+from framework import fastpath, pretrained, storage
 from framework.errors import ConfigError
+from recipes import trains
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +24,7 @@ def option_problems(cfg: DictConfig) -> list[str]:
     """What the model options need (no torch), after :func:`framework.pretrained.apply` read the checkpoint."""
     problems: list[str] = []
     m, hw = cfg.model, cfg.hardware
-    lora = cfg.recipe.finetune == "lora"
+    lora = trains(cfg.recipe.name) == "lora"
     if lora and m.train_embeddings and m.tie_word_embeddings and not m.pretrained:
         # peft copies modules_to_save; a tied LM head would stay frozen on the original weights.
         problems.append(
@@ -62,13 +63,11 @@ def tokenizer_uri(cfg: DictConfig) -> str:
 def load_tokenizer(cfg: DictConfig) -> Any:
     from transformers import AutoTokenizer
 
-    from framework.dataset import local_path
-
     uri = tokenizer_uri(cfg)
     if uri == cfg.model.pretrained:
         path = pretrained.local_dir(uri, cfg.model.get("revision"))
     else:
-        path = local_path(uri)
+        path = storage.local_copy(uri)
     try:
         tok = AutoTokenizer.from_pretrained(str(path))
     except (OSError, ValueError) as e:

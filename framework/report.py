@@ -2,32 +2,33 @@
 
     python -m framework.report <run dir | sweep dir | s3://bucket/...> [--out report.png]
 
-A run dir holds ``metrics.jsonl``. A sweep dir is a Hydra multirun dir whose numbered job dirs each hold a
-run dir (``<job>/metrics.jsonl``, or one level deeper). Each job is labelled by its overrides
+A run dir holds its metrics file (framework.rundir). A sweep dir is a Hydra multirun dir whose numbered job
+dirs each hold a run dir (directly, or one level deeper). Each job is labelled by its overrides
 (``<job>/.hydra/overrides.yaml``, minus those every job shares), else by the keys where its ``config.yaml``
-differs from the other jobs'. Files are read through fsspec, so any URI fsspec knows works (s3:// with the
-standard AWS variables). Writes a PNG (train loss and eval loss vs step, one line per job) and prints the
+differs from the other jobs'. Files are read through framework.storage, so s3:// works (with the standard AWS
+variables, and storage's retries). Writes a PNG (train loss and eval loss vs step, one line per job) and prints the
 jobs best first (lowest final eval loss).
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import math
 import re
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import fsspec
 import yaml
 
+from framework import storage
 from framework.errors import EXIT_OK, EXIT_RUNTIME, EXIT_USAGE
-from framework.tables import best_first, fmt, ranked_table
+from framework.rundir import CONFIG, METRICS, MetricsRows, read_metrics
+from framework.tables import fmt, ranked_table
 
-METRICS = "metrics.jsonl"
 # Keys that differ between jobs without being a choice of the sweep.
 _RUN_SPECIFIC = re.compile(r"^(hydra\.|storage\.output_uri$)")
 
@@ -39,7 +40,7 @@ class ReportError(Exception):
 @dataclass
 class JobMetrics:
     name: str  # job dir name (e.g. "0"), or the run dir's name
-    run_dir: str  # URI of the dir holding metrics.jsonl
+    run_dir: str  # URI of the run dir
     label: str = ""  # what tells this job apart: "k=v k=v"
     train: list[tuple[int, float]] = field(default_factory=list)  # (step, loss), by step
     eval: list[tuple[int, float]] = field(default_factory=list)  # (step, eval_loss), by step
@@ -70,20 +71,14 @@ def _num(value: Any) -> float | None:
     return float(value)
 
 
-def parse_metrics(lines: Iterable[str], job: JobMetrics) -> JobMetrics:
-    """Fill ``job`` from metrics.jsonl lines. A step logged twice (a resumed run) keeps its last value."""
+def parse_metrics(rows: MetricsRows, job: JobMetrics) -> JobMetrics:
+    """Fill ``job`` from a run's metrics rows. A step logged twice (a resumed run) keeps its last value."""
     train: dict[int, float] = {}
     evals: dict[int, tuple[float, float | None]] = {}
     tokens: list[float] = []
-    for raw in lines:
-        if not raw.strip():
-            continue
-        try:
-            line = json.loads(raw)
-            step = int(line["step"])
-        except (ValueError, KeyError, TypeError):
-            job.bad_lines += 1
-            continue
+    job.bad_lines = len(rows.dropped)
+    for line in rows:
+        step = line["step"]
         eval_loss = _num(line.get("eval_loss"))
         loss = _num(line.get("loss"))
         if eval_loss is not None:
@@ -113,10 +108,9 @@ def _natural_key(name: str) -> tuple[int, int | str]:
     return (0, int(name)) if name.isdigit() else (1, name)
 
 
-def _read_yaml(fs: Any, path: str) -> Any:
+def _read_yaml(uri: str) -> Any:
     try:
-        with fs.open(path, "r") as f:
-            return yaml.safe_load(f)
+        return yaml.safe_load(storage.read_text(uri))
     except FileNotFoundError:
         return None
 
@@ -137,13 +131,13 @@ def _fmt_value(value: Any) -> str:
     return json.dumps(value) if isinstance(value, list | dict) else str(value)
 
 
-def _label_jobs(fs: Any, jobs: list[JobMetrics], job_dirs: list[str]) -> None:
+def _label_jobs(jobs: list[JobMetrics], job_dirs: list[str]) -> None:
     """Label by Hydra overrides (minus the shared ones), else by config.yaml differences."""
     overrides = []
     for job, job_dir in zip(jobs, job_dirs, strict=True):
         found = None
         for base in dict.fromkeys([job_dir, job.run_dir]):
-            found = _read_yaml(fs, f"{base}/.hydra/overrides.yaml")
+            found = _read_yaml(storage.join(base, ".hydra", "overrides.yaml"))
             if isinstance(found, list):
                 break
         overrides.append([str(o) for o in found] if isinstance(found, list) else None)
@@ -160,7 +154,7 @@ def _label_jobs(fs: Any, jobs: list[JobMetrics], job_dirs: list[str]) -> None:
             for job, p in zip(jobs, parsed, strict=True):
                 job.label = " ".join(f"{k}={p.get(k, '<unset>')}" for k in differing)
             return
-    configs = [_flatten(_read_yaml(fs, f"{job.run_dir}/config.yaml") or {}) for job in jobs]
+    configs = [_flatten(_read_yaml(storage.join(job.run_dir, CONFIG)) or {}) for job in jobs]
     keys = sorted({k for c in configs for k in c})
     differing = [
         k
@@ -181,26 +175,34 @@ def _split_override(override: str) -> tuple[str, str]:
 
 def load_jobs(uri: str) -> list[JobMetrics]:
     """The run at ``uri``, or every job of the sweep at ``uri`` (in job order), parsed and labelled."""
-    fs, root = fsspec.core.url_to_fs(uri)
-    root = root.rstrip("/") or "/"
-    if fs.isfile(f"{root}/{METRICS}"):
-        found = [(root, f"{root}/{METRICS}")]
+    root = uri.rstrip("/") or "/"
+    if not storage.is_remote(root):
+        root = root.removeprefix("file://")
+    if storage.isfile(storage.join(root, METRICS)):
+        found = [(root, storage.join(root, METRICS))]
     else:
         found = []
-        paths = sorted(set(fs.glob(f"{root}/*/{METRICS}")) | set(fs.glob(f"{root}/*/*/{METRICS}")))
+        # Paths come back in the store's own spelling (memory:///b vs memory://b): rebuild each from `root`.
+        paths = sorted(
+            {
+                storage.join(root, *p.rstrip("/").split("/")[-depth - 1 :])
+                for depth in (1, 2)
+                for p in storage.glob(storage.join(root, *["*"] * depth, METRICS))
+            }
+        )
         by_first: dict[str, list[str]] = {}
         for path in paths:
             by_first.setdefault(path[len(root) :].lstrip("/").split("/")[0], []).append(path)
         for first, found_here in by_first.items():
-            direct = f"{root}/{first}/{METRICS}"
+            direct = storage.join(root, first, METRICS)
             if direct in found_here or len(found_here) == 1:
-                # <job>/metrics.jsonl wins over <job>/<run>/metrics.jsonl; one nested run dir is that job's
-                found.append((f"{root}/{first}", direct if direct in found_here else found_here[0]))
+                # <job>/<metrics> wins over <job>/<run>/<metrics>; one nested run dir is that job's
+                found.append((storage.join(root, first), direct if direct in found_here else found_here[0]))
             else:  # one level above a sweep: every job of every sweep below, named <sweep>/<job>
                 found += [(p[: -len(METRICS) - 1], p) for p in found_here]
         found.sort(key=lambda item: [_natural_key(part) for part in item[0][len(root) :].split("/") if part])
     if not found:
-        what = "does not exist" if not fs.exists(root) else f"has no {METRICS}, nor do its job dirs"
+        what = "does not exist" if not storage.exists(root) else f"has no {METRICS}, nor do its job dirs"
         raise ReportError(
             f"{uri} {what}; pass a run directory (holding {METRICS}) or a Hydra multirun directory "
             f"(numbered job dirs, each holding a run directory)"
@@ -209,23 +211,12 @@ def load_jobs(uri: str) -> list[JobMetrics]:
     for job_dir, path in found:
         run_dir = path[: -len(METRICS) - 1]
         name = job_dir[len(root) :].strip("/") or job_dir.rsplit("/", 1)[-1] or job_dir
-        with fs.open(path, "r") as f:
-            jobs.append(parse_metrics(f, JobMetrics(name=name, run_dir=_unstrip(fs, uri, run_dir))))
-    _label_jobs(fs, jobs, [j for j, _ in found])
+        jobs.append(parse_metrics(read_metrics(path), JobMetrics(name=name, run_dir=run_dir)))
+    _label_jobs(jobs, [j for j, _ in found])
     return jobs
 
 
-def _unstrip(fs: Any, uri: str, path: str) -> str:
-    """Put the URI scheme back on a path fsspec returned (s3://bucket/x rather than bucket/x)."""
-    return str(fs.unstrip_protocol(path)) if "://" in uri and not uri.startswith("file://") else path
-
-
 # ------------------------------------------------------------------------------------------------ output
-
-
-def ranked(jobs: Sequence[JobMetrics]) -> list[JobMetrics]:
-    """Best (lowest final eval loss) first; jobs without an eval last, in job order."""
-    return best_first(jobs, lambda j: j.final_eval_loss)
 
 
 def format_table(jobs: Sequence[JobMetrics]) -> str:
@@ -286,9 +277,10 @@ def plot(jobs: Sequence[JobMetrics], out: str, title: str) -> None:
         else:
             ax.text(0.5, 0.5, f"no {name} lines", ha="center", va="center", transform=ax.transAxes)
     fig.suptitle(_shorten(title, 120), fontsize=10)
-    with fsspec.open(out, "wb") as f:
-        fig.savefig(f, format="png", dpi=120)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120)
     plt.close(fig)
+    storage.write_bytes_atomic(out, buf.getvalue())
 
 
 def _shorten(text: str, limit: int) -> str:
@@ -297,10 +289,9 @@ def _shorten(text: str, limit: int) -> str:
 
 def default_out(uri: str) -> str:
     """report.png inside a local run/sweep dir; in the working dir for remote ones (never writes to a bucket)."""
-    if "://" in uri and not uri.startswith("file://"):
+    if storage.is_remote(uri):
         return "report.png"
-    fs, root = fsspec.core.url_to_fs(uri)
-    return f"{root.rstrip('/')}/report.png"
+    return storage.join(uri.removeprefix("file://"), "report.png")
 
 
 def eval_summaries(jobs: Sequence[JobMetrics]) -> list[str]:
@@ -309,11 +300,10 @@ def eval_summaries(jobs: Sequence[JobMetrics]) -> list[str]:
 
     out = []
     for job in jobs:
-        fs, path = fsspec.core.url_to_fs(f"{job.run_dir}/eval/metrics.json")
-        if not fs.isfile(path):
+        path = storage.join(job.run_dir, "eval", "metrics.json")
+        if not storage.isfile(path):
             continue
-        with fs.open(path, "r") as f:
-            m = json.load(f)
+        m = json.loads(storage.read_text(path))
         lines = [f"Evaluation of {m.get('model', '?')} on {m.get('dataset', '?')} ({job.name}): {summary(m)}"]
         for label, v in m.get("per_label", {}).items():
             lines.append(
@@ -329,7 +319,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="python -m framework.report",
         description="Plot train/eval loss of a run or a sweep and print each job's final metrics, best first.",
     )
-    parser.add_argument("path", help="run dir (holds metrics.jsonl), Hydra multirun dir, or a URI (s3://...)")
+    parser.add_argument("path", help=f"run dir (holds {METRICS}), Hydra multirun dir, or a URI (s3://...)")
     parser.add_argument("--out", help="PNG to write (local path or URI); default: <path>/report.png")
     args = parser.parse_args(argv)
     try:

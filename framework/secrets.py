@@ -19,7 +19,8 @@ _WORDS = re.compile(r"[^A-Z0-9]+")
 def name_looks_secret(name: str) -> bool:
     """True for names like HF_TOKEN, AWS_SECRET_ACCESS_KEY, WANDB_API_KEY, db_password, my-api-key.
 
-    Whole words only, so TOKENIZERS_PARALLELISM or KEYBOARD pass; a bare ``key`` (a toleration's) is not a secret.
+    Whole words only, so TOKENIZERS_PARALLELISM, max_tokens or KEYBOARD pass; a bare ``key`` (a toleration's) is
+    not a secret, nor is a tokenizer's special token (pad_token, eos_token).
     """
     words = [w for w in _WORDS.split(str(name).upper()) if w]
     if len(words) == 2 and words[1] == "TOKEN" and words[0] in TOKENIZER_WORDS:

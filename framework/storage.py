@@ -24,6 +24,7 @@ import builtins
 import contextlib
 import errno
 import fcntl
+import glob as globlib
 import hashlib
 import json
 import logging
@@ -66,6 +67,7 @@ __all__ = [
     "filesystem",
     "get_file",
     "get_settings",
+    "glob",
     "info",
     "invalidate_cache",
     "is_remote",
@@ -74,7 +76,6 @@ __all__ = [
     "join",
     "listdir",
     "local_copy",
-    "makedirs",
     "manifest",
     "open",
     "put_file",
@@ -93,7 +94,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 PathLike = str | os.PathLike[str]
 
-_LOCAL_PROTOCOLS = (None, "file", "local")
+_LOCAL_PROTOCOLS = (None, "file", "local", "pkg")  # pkg://<module>/<path>: a file the package ships
 _S3_PROTOCOLS = ("s3", "s3a")
 
 
@@ -150,11 +151,6 @@ class RetryPolicy:
         """Sleep before the try after ``failed_attempt`` (1-based)."""
         base = min(self.max_backoff_s, self.backoff_s * 2 ** (failed_attempt - 1))
         return base * (0.5 + random.random() / 2)
-
-    def worst_case_s(self) -> float:
-        """Upper bound of the time spent on one operation against an endpoint that never answers."""
-        sleeps = sum(min(self.max_backoff_s, self.backoff_s * 2**i) for i in range(self.attempts - 1))
-        return sleeps + self.attempts * (self.connect_timeout_s + self.read_timeout_s)
 
 
 @dataclass(frozen=True)
@@ -218,19 +214,23 @@ def configure(
 
 
 def configure_from_config(cfg: StorageConfig | Any) -> StorageSettings:
-    """Apply a ``storage`` config group (:class:`framework.storage_config.StorageConfig` or its DictConfig)."""
+    """Apply a ``storage`` config group (:class:`framework.storage_config.StorageConfig`, its DictConfig, or a
+    partial mapping read by attribute: absent fields take the schema's defaults)."""
+    from framework.storage_config import StorageConfig
 
-    def get(name: str, default: Any) -> Any:
-        return getattr(cfg, name, default)
+    schema = StorageConfig()
+
+    def get(name: str) -> Any:
+        return getattr(cfg, name, getattr(schema, name))
 
     return configure(
-        retries=int(get("retries", 5)),
-        backoff_s=float(get("retry_backoff_s", 1.0)),
-        max_backoff_s=float(get("max_retry_backoff_s", 30.0)),
-        connect_timeout_s=float(get("connect_timeout_s", 5.0)),
-        read_timeout_s=float(get("read_timeout_s", 60.0)),
-        cache_dir=get("cache_dir", None),
-        max_workers=int(get("max_workers", 8)),
+        retries=int(get("retries")),
+        backoff_s=float(get("retry_backoff_s")),
+        max_backoff_s=float(get("max_retry_backoff_s")),
+        connect_timeout_s=float(get("connect_timeout_s")),
+        read_timeout_s=float(get("read_timeout_s")),
+        cache_dir=get("cache_dir"),
+        max_workers=int(get("max_workers")),
     )
 
 
@@ -262,17 +262,22 @@ def _protocol(uri: str) -> str | None:
 
 
 def is_remote(uri: PathLike) -> bool:
-    """True for a URI that is not on the local filesystem (anything but a plain path or ``file://``)."""
+    """True for a URI that is not on the local filesystem (anything but a plain path, ``file://`` or
+    ``pkg://``). The one answer to "is this remote?" in the framework."""
     return _protocol(os.fspath(uri)) not in _LOCAL_PROTOCOLS
 
 
 def _local(uri: PathLike) -> str:
-    """The local path of a plain path or ``file://`` URI."""
+    """The local path of a plain path (``~`` expanded), ``file://`` URI or ``pkg://`` URI."""
     s = os.fspath(uri)
     proto, path = split_protocol(s)
+    if proto == "pkg":
+        from framework.config import package_path
+
+        return package_path(s)
     if proto in ("file", "local"):
         return path
-    return s
+    return os.path.expanduser(s)
 
 
 def join(uri: PathLike, *parts: PathLike) -> str:
@@ -793,6 +798,17 @@ def listdir(uri: PathLike) -> list[str]:
     return sorted(n for n in names if n)
 
 
+def glob(pattern: PathLike) -> list[str]:
+    """Every path matching a glob pattern (``*``, ``**``, ``?``), sorted: local paths, or full URIs
+    (``s3://bucket/x``) for a remote pattern."""
+    s = os.fspath(pattern)
+    if not is_remote(s):
+        return sorted(globlib.glob(_local(s)))
+    fs, path = filesystem(s)
+    found = _run(s, "list", lambda: fs.glob(path))
+    return sorted(str(fs.unstrip_protocol(p)) for p in found)
+
+
 def manifest(uri: PathLike) -> dict[str, int]:
     """``{relpath: size}`` of every file under a directory (recursive), the same shape :func:`upload_dir`
     returns, so an upload can be verified against what the store holds."""
@@ -920,13 +936,6 @@ def get_file(uri: PathLike, local_path: PathLike) -> None:
         return
     fs, path = filesystem(s)
     _download_one(fs, path, dst, None, s)
-
-
-def makedirs(uri: PathLike, exist_ok: bool = True) -> None:
-    """Create a directory (local). Object stores have no directories: a no-op there."""
-    s = os.fspath(uri)
-    if not is_remote(s):
-        os.makedirs(_local(s), exist_ok=exist_ok)
 
 
 def remove(uri: PathLike, recursive: bool = False, *, missing_ok: bool = False) -> None:
@@ -1127,10 +1136,28 @@ def _download_entries(
 
 
 def cache_root(cache_dir: PathLike | None = None) -> Path:
-    """``cache_dir``, else ``storage.cache_dir`` (:func:`configure`), else ``$FRAMEWORK_CACHE``, else
-    ``~/.cache/framework``."""
+    """The one local cache root: ``cache_dir``, else ``storage.cache_dir`` (:func:`configure`), else
+    ``$FRAMEWORK_CACHE``, else ``~/.cache/framework``. Remote copies, staging copies and tokenized data live
+    under it."""
     chosen = cache_dir or _settings.cache_dir or os.environ.get("FRAMEWORK_CACHE")
     return Path(os.fspath(chosen)).expanduser() if chosen else Path.home() / ".cache" / "framework"
+
+
+def staging_dir(uri: PathLike) -> Path:
+    """The one local working copy of a remote directory: ``<cache root>/staging/<protocol>/<path>``.
+
+    Written locally, published with :func:`put_file` / :func:`upload_dir`. The layout mirrors the URI, so the
+    staging dir of ``s3://b/run/tensorboard`` is the ``tensorboard`` subdir of the staging dir of ``s3://b/run``
+    (a run directory has one staging copy, whoever writes into it), and a restarted process finds the same
+    paths again.
+    """
+    s = os.fspath(uri)
+    if not is_remote(s):
+        raise ValueError(f"staging_dir({s!r}): a local path needs no staging copy")
+    proto = _protocol(s) or "remote"
+    path = s.split("://", 1)[-1]
+    parts = [_safe_name(p) for p in path.split("/") if p and p not in (".", "..")]
+    return cache_root().joinpath("staging", _safe_name(proto), *parts)
 
 
 @contextlib.contextmanager

@@ -11,6 +11,7 @@ from hydra.core.utils import JobReturn
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from framework.hydra_compat import return_value
 from framework.tables import fmt, ranked_table
 
 
@@ -61,7 +62,7 @@ class SweepSummaryCallback(Callback):
         self.rows: list[JobSummary] = []
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
-        value = job_return._return_value if job_return.status.name == "COMPLETED" else None
+        value = return_value(job_return)
         overrides = list(job_return.overrides or [])
         self.rows.append(JobSummary.from_return(overrides, job_return.status.name, value))
 

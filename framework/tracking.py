@@ -17,20 +17,20 @@ and W&B's offline files are written to a local staging dir and uploaded under th
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import re
-import shutil
 import socket
-import tempfile
 import threading
 import time
 from collections import deque
 from collections.abc import Mapping
 from typing import Any, Protocol
 
+from framework import storage
 from framework.secrets import name_looks_secret, value_looks_secret
 from framework.tracking_config import MlflowConfig, TrackingConfig, WandbConfig, tracking_problems
 
@@ -119,20 +119,11 @@ def _md_cell(value: Any) -> str:
     return _stringify(value).replace("|", "\\|").replace("\n", " ")
 
 
-def _is_remote(uri: str) -> bool:
-    return "://" in uri and not uri.startswith("file://")
-
-
 def _local_path(uri: str) -> str:
-    for scheme in ("file://", "file:"):
-        if uri.startswith(scheme):
-            uri = uri[len(scheme) :]
-            break
-    return os.path.abspath(uri)
-
-
-def _join(base: str, *parts: str) -> str:
-    return "/".join([base.rstrip("/"), *parts]) if _is_remote(base) else os.path.join(base, *parts)
+    """The absolute local path of a local path or ``file:`` URI (``file:/dir`` too, as MLflow spells it)."""
+    if uri.startswith("file:") and not uri.startswith("file://"):
+        uri = uri.removeprefix("file:")
+    return os.path.abspath(storage.local_copy(uri))
 
 
 def _redact_uri(uri: str) -> str:
@@ -141,61 +132,30 @@ def _redact_uri(uri: str) -> str:
 
 
 class _Mirror:
-    """A local stand-in for a remote directory: written locally, uploaded at close.
+    """A local stand-in for a remote directory: written in its storage staging dir, uploaded at close.
 
-    The staging path is derived from the remote path, so a restarted pod reuses the same local paths
-    (MLflow's file store records absolute paths). ``download`` first copies any existing remote content.
+    The staging path is derived from the remote path (storage.staging_dir), so a restarted pod reuses the same
+    local paths (MLflow's file store records absolute paths), and a tracker dir inside a remote run directory
+    is part of that run directory's one staging copy. ``download`` first copies any existing remote content.
     """
 
     def __init__(self, remote: str, download: bool = False) -> None:
         self.remote = remote.rstrip("/")
-        digest = hashlib.sha1(self.remote.encode()).hexdigest()[:16]
-        self.local = os.path.join(tempfile.gettempdir(), "framework-tracking", digest)
+        self.local = str(storage.staging_dir(self.remote))
         os.makedirs(self.local, exist_ok=True)
-        if download:
-            self._download()
-
-    def _fs(self) -> tuple[Any, str]:
-        import fsspec
-
-        return fsspec.core.url_to_fs(self.remote)
-
-    def _download(self) -> None:
-        fs, root = self._fs()
-        if not fs.exists(root):
-            return
-        for path in fs.find(root):
-            rel = path[len(root) :].lstrip("/")
-            dest = os.path.join(self.local, rel)
-            os.makedirs(os.path.dirname(dest), exist_ok=True)
-            fs.get_file(path, dest)
+        if download and storage.isdir(self.remote):
+            with contextlib.suppress(FileNotFoundError):  # a directory marker with no files under it
+                storage.download_dir(self.remote, self.local)
 
     def upload(self) -> None:
-        fs, root = self._fs()
-        for dirpath, _, files in os.walk(self.local):
-            for fname in files:
-                src = os.path.join(dirpath, fname)
-                rel = os.path.relpath(src, self.local).replace(os.sep, "/")
-                fs.put_file(src, f"{root}/{rel}")
+        storage.upload_dir(self.local, self.remote)
 
 
-def _materialize(path: str) -> tuple[str, str | None]:
-    """A local copy of ``path`` (a file or dir, local or remote) and a temp dir to delete afterwards."""
-    if not _is_remote(path):
-        return _local_path(path), None
-    import fsspec
-
-    fs, root = fsspec.core.url_to_fs(path)
-    tmp = tempfile.mkdtemp(prefix="framework-artifact-")
-    dest = os.path.join(tmp, os.path.basename(root.rstrip("/")) or "artifact")
-    if fs.isdir(root):
-        for remote_file in fs.find(root):
-            rel = remote_file[len(root.rstrip("/")) :].lstrip("/")
-            os.makedirs(os.path.dirname(os.path.join(dest, rel)), exist_ok=True)
-            fs.get_file(remote_file, os.path.join(dest, rel))
-    else:
-        fs.get_file(root, dest)
-    return dest, tmp
+def _materialize(path: str) -> str:
+    """A local path holding ``path`` (a file or dir, local or remote; remote ones via the storage cache)."""
+    if not storage.is_remote(path):
+        return _local_path(path)
+    return str(storage.local_copy(path))
 
 
 # ----------------------------------------------------------------------------------------------- backends
@@ -410,15 +370,11 @@ class MlflowTracker:
         self.flush()
         if not self.cfg.log_artifacts:
             return
-        local, tmp = _materialize(path)
-        try:
-            if os.path.isdir(local):
-                self.client.log_artifacts(self.run_id, local, artifact_path=name)
-            else:
-                self.client.log_artifact(self.run_id, local, artifact_path=name)
-        finally:
-            if tmp:
-                shutil.rmtree(tmp, ignore_errors=True)
+        local = _materialize(path)
+        if os.path.isdir(local):
+            self.client.log_artifacts(self.run_id, local, artifact_path=name)
+        else:
+            self.client.log_artifact(self.run_id, local, artifact_path=name)
 
     def register_model(self, artifact: str) -> None:
         """Register the artifact ``artifact`` of this run (logged before) as a new version of
@@ -506,17 +462,13 @@ class WandbTracker:
     def log_artifact(self, path: str, name: str) -> None:
         if not self.cfg.log_artifacts:
             return
-        local, tmp = _materialize(path)
-        try:
-            artifact = self._wandb.Artifact(name=_wandb_name(f"{self.run_name}-{name}"), type="model")
-            if os.path.isdir(local):
-                artifact.add_dir(local)
-            else:
-                artifact.add_file(local)
-            self.run.log_artifact(artifact)
-        finally:
-            if tmp:
-                shutil.rmtree(tmp, ignore_errors=True)
+        local = _materialize(path)
+        artifact = self._wandb.Artifact(name=_wandb_name(f"{self.run_name}-{name}"), type="model")
+        if os.path.isdir(local):
+            artifact.add_dir(local)
+        else:
+            artifact.add_file(local)
+        self.run.log_artifact(artifact)
 
     def log_samples(self, rows: list[dict[str, Any]], step: int) -> None:
         """Generated samples as a W&B table (one per eval step)."""
@@ -667,7 +619,7 @@ class MultiTracker:
             self._fan_out("log_metrics", dict(metrics), int(step))
 
     def log_artifact(self, path: str, name: str) -> None:
-        """Upload a file or directory (local or fsspec URI) where supported (MLflow, W&B)."""
+        """Upload a file or directory (a local path or a storage URI) where supported (MLflow, W&B)."""
         self._fan_out("log_artifact", path, name)
 
     def _fan_out_to_those_with(self, method: str, *args: Any) -> None:
@@ -732,7 +684,7 @@ def _as_tracking_config(cfg: Any) -> TrackingConfig:
 
 def _local_dir(target: str, mirrors: list[_Mirror], download: bool = False) -> str:
     """Where to write ``target`` locally: itself when local, else a staging dir uploaded at close."""
-    if not _is_remote(target):
+    if not storage.is_remote(target):
         return _local_path(target)
     mirror = _Mirror(target, download=download)
     mirrors.append(mirror)
@@ -743,16 +695,16 @@ def _build_backend(
     name: str, cfg: TrackingConfig, run_dir: str, run_name: str, mirrors: list[_Mirror], start_step: int
 ) -> Tracker:
     if name == "tensorboard":
-        target = cfg.tensorboard.log_dir or _join(run_dir, "tensorboard")
+        target = cfg.tensorboard.log_dir or storage.join(run_dir, "tensorboard")
         return TensorBoardTracker(_local_dir(target, mirrors), start_step)
     if name == "mlflow":
         if cfg.mlflow.tracking_uri:
             return MlflowTracker(cfg.mlflow, cfg.mlflow.tracking_uri, run_name, run_dir)
         # Default: a SQLite store in the run dir, which MLflow 3's client and `mlflow ui` open as they are
         # (the file store needs MLFLOW_ALLOW_FILE_STORE); artifacts beside it, or in the remote run dir.
-        local = _local_dir(_join(run_dir, MLFLOW_DIR), mirrors, download=True)
-        artifacts = _join(run_dir, MLFLOW_DIR, "artifacts")
-        location = artifacts if _is_remote(run_dir) else "file://" + _local_path(artifacts)
+        local = _local_dir(storage.join(run_dir, MLFLOW_DIR), mirrors, download=True)
+        artifacts = storage.join(run_dir, MLFLOW_DIR, "artifacts")
+        location = artifacts if storage.is_remote(run_dir) else "file://" + _local_path(artifacts)
         uri = "sqlite:///" + os.path.join(local, MLFLOW_DB)
         return MlflowTracker(cfg.mlflow, uri, run_name, run_dir, artifact_location=location)
     if name == "wandb":

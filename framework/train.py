@@ -1,13 +1,14 @@
-"""The training loop both recipes call: data, model, DeepSpeed engine, eval, checkpoints, metrics, resume.
+"""The training loop every training recipe calls: data, model, DeepSpeed engine, eval, checkpoints, metrics,
+resume.
 
-Plain functions, no base class: a recipe decides what is trainable (LoRA adapters or every weight) and what is
-written at the end; everything else is here.
+Plain functions and small collaborators, no base class: a recipe decides what is trainable (its
+``prepare_model``) and what is written at the end (its ``export``, which returns the names it wrote); the loop
+in :func:`train` knows no recipe. :class:`Checkpointer` saves, polls, commits and publishes checkpoints;
+:class:`Outputs` writes the metrics file, trackers, Prometheus and the progress bar; :func:`run_eval` evaluates.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import math
 import os
@@ -26,6 +27,8 @@ from framework import dataset as data
 from framework import distributed as dist
 from framework.config import resolved, resolved_yaml
 from framework.errors import ConfigError, DataError, Preempted
+from framework.rundir import METRICS, JobResult, MetricsLog, RunDir
+from recipes import trains
 
 log = logging.getLogger("framework")
 
@@ -50,7 +53,7 @@ def cpu_threads(cfg: DictConfig, available: int) -> int:
     threads spin-waiting for cores that other jobs hold slowed the 2-core demo ~9x (367 s vs 40 s end to end
     under load; ~5% slower with 1 thread on an idle machine)."""
     hw = cfg.hardware
-    if hw.get("cpu_threads"):
+    if hw.cpu_threads:
         return int(hw.cpu_threads)
     if hw.accelerator == "cpu" and int(cfg.model.hidden_size) < 512:
         return 1
@@ -65,8 +68,8 @@ def deepspeed_config(cfg: DictConfig) -> dict[str, Any]:
         "contiguous_gradients": True,
         # Overlapping reduction with backward pays on GPUs; on gloo it only adds threads.
         "overlap_comm": hw.accelerator == "cuda",
-        "reduce_bucket_size": int(hw.get("bucket_size", 500_000_000)),
-        "allgather_bucket_size": int(hw.get("bucket_size", 500_000_000)),
+        "reduce_bucket_size": int(hw.bucket_size),
+        "allgather_bucket_size": int(hw.bucket_size),
     }
     if hw.zero_stage == 3:
         zero["stage3_gather_16bit_weights_on_model_save"] = True
@@ -153,124 +156,6 @@ def prepare_data(cfg: DictConfig, tokenizer: Any) -> Data:
     return Data(batches, val_rows, steps)
 
 
-# ----------------------------------------------------------------------------------------------- run dir
-
-
-@dataclass
-class RunDir:
-    """The run directory of DESIGN.md at ``uri`` (local path or any fsspec URI).
-
-    A remote run directory is worked on in a local staging copy (``path``) and published file by file:
-    config and metrics by rank 0, checkpoints by every node (see checkpoint.RemoteSync), outputs at the end.
-    """
-
-    uri: str
-    path: Path
-
-    @classmethod
-    def at(cls, uri: str | Path) -> RunDir:
-        from framework import storage
-
-        uri = str(uri)
-        if not storage.is_remote(uri):
-            local = Path(uri.removeprefix("file://"))
-            return cls(str(local), local)
-        digest = hashlib.sha256(uri.encode()).hexdigest()[:16]
-        return cls(uri, storage.cache_root() / "runs" / digest)
-
-    @property
-    def remote(self) -> bool:
-        return self.uri != str(self.path)
-
-    @property
-    def checkpoints(self) -> Path:
-        return self.path / "checkpoints"
-
-    @property
-    def resume_staging(self) -> Path:
-        """Where another run's checkpoint named by ``resume=<URI>`` is downloaded for one start (not
-        ``checkpoints``: it is not one of this run's)."""
-        return self.path / ".resume"
-
-    @property
-    def remote_checkpoints(self) -> str:
-        from framework import storage
-
-        return storage.join(self.uri, "checkpoints")
-
-    @property
-    def metrics(self) -> Path:
-        return self.path / "metrics.jsonl"
-
-    def publish(self, name: str) -> None:
-        """Upload one file or directory of the staging copy (no-op for a local run directory)."""
-        from framework import storage
-
-        if not self.remote or not (self.path / name).exists():
-            return
-        if (self.path / name).is_dir():
-            storage.upload_dir(self.path / name, storage.join(self.uri, name))
-        else:
-            storage.put_file(self.path / name, storage.join(self.uri, name))
-
-    def fetch_metrics(self) -> None:
-        """Bring a remote run's metrics.jsonl into the staging copy before resuming."""
-        from framework import storage
-
-        remote = storage.join(self.uri, "metrics.jsonl")
-        if self.remote and storage.exists(remote):
-            storage.get_file(remote, self.metrics)
-
-    def write_config(self, cfg: DictConfig) -> None:
-        (self.path / "config.yaml").write_text(resolved_yaml(cfg))
-        self.publish("config.yaml")
-
-    def truncate_metrics(self, after_step: int) -> None:
-        """Drop lines a preempted run wrote past its last checkpoint, so a resume does not repeat steps."""
-        if not self.metrics.is_file():
-            return
-        keep, bad = [], []
-        lines = self.metrics.read_bytes().decode("utf-8", errors="replace").splitlines()
-        for i, ln in enumerate(lines, 1):
-            try:
-                rec = json.loads(ln) if ln.strip() else None
-            except ValueError:
-                rec = None
-            if isinstance(rec, dict) and isinstance(rec.get("step"), int):
-                if rec["step"] <= after_step:
-                    keep.append(ln)
-            elif ln.strip():
-                bad.append(i)
-        # A torn last line is what a kill mid-write leaves: dropped quietly; damage elsewhere is named.
-        if bad and bad != [len(lines)]:
-            log.warning("%s: dropped unreadable line(s) %s", self.metrics, bad[:10])
-        self.metrics.write_text("".join(f"{ln}\n" for ln in keep))
-
-
-class MetricsLog:
-    """Rank 0 appends one JSON object per line to metrics.jsonl; other ranks write nothing."""
-
-    def __init__(self, path: Path, enabled: bool, sinks: list[Callable[[dict[str, Any]], None]]) -> None:
-        self.enabled = enabled
-        self.sinks = sinks
-        self._f = path.open("a", buffering=1) if enabled else None
-
-    def write(self, record: dict[str, Any]) -> None:
-        if self._f is None:
-            return
-        self._f.write(json.dumps(record) + "\n")
-        for sink in self.sinks:
-            sink(record)
-
-    def flush(self) -> None:
-        if self._f is not None:
-            self._f.flush()
-
-    def close(self) -> None:
-        if self._f is not None:
-            self._f.close()
-
-
 # ----------------------------------------------------------------------------------------------- signals
 
 
@@ -352,8 +237,8 @@ def compat_state(cfg: DictConfig) -> dict[str, Any]:
     return {
         "world_size": dist.world_size(),
         "model": cfg.model.name,
-        "finetune": cfg.recipe.finetune,
-        "lora_r": cfg.lora.r if cfg.recipe.finetune == "lora" and cfg.lora is not None else None,
+        "finetune": trains(cfg.recipe.name),
+        "lora_r": cfg.lora.r if trains(cfg.recipe.name) == "lora" and cfg.lora is not None else None,
         "zero_stage": cfg.hardware.zero_stage,
     }
 
@@ -427,36 +312,56 @@ def same_run_or_refuse(cfg: DictConfig, root: Path, tag: str) -> None:
         )
 
 
-def train(
-    cfg: DictConfig,
-    run_dir: str | Path,
-    *,
-    prepare_model: Callable[[DictConfig, Any], Any],
-    export: Callable[[Any, DictConfig, Path, Any], None],
-) -> dict[str, Any]:
-    """Run the whole training job in this rank; return the final metrics (rank 0's view)."""
+@dataclass
+class Job:
+    """What one rank trains: the engine and its data, and where in the run it stands."""
+
+    engine: Any
+    scheduler: Any
+    data: Data
+    tokenizer: Any
+    step: int = 0  # optimizer steps done
+    consumed: int = 0  # micro batches drawn from the data order
+    best_loss: float = math.inf  # train.keep_best: the lowest eval loss so far
+    best_pending: int = -1  # train.keep_best: the step whose checkpoint becomes ``best``
+
+
+def build_engine(cfg: DictConfig, model: Any, steps: int) -> tuple[Any, Any]:
+    """The DeepSpeed engine (optimizer, LR schedule, ZeRO) over the trainable parameters of ``model``."""
     import torch
-    from tqdm import tqdm
+
+    # Without the ~0.8 s MLflow import of DeepSpeed's autotuner.
+    deepspeed = dist.import_deepspeed(cfg.hardware.accelerator)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = None
+    if cfg.optim.name == "sgd":
+        optimizer = torch.optim.SGD(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+    schedule = lr_lambda(cfg, steps)
+    engine, _, _, scheduler = deepspeed.initialize(
+        model=model,
+        model_parameters=params,
+        optimizer=optimizer,
+        lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, schedule),
+        config=deepspeed_config(cfg),
+        dist_init_required=False,
+    )
+    return engine, scheduler
+
+
+def setup(cfg: DictConfig, run: RunDir, prepare_model: Callable[[DictConfig, Any], Any]) -> Job:
+    """Process group, run directory, seeds, data, the recipe's model, the engine, and the resumed position."""
+    import torch
 
     from framework import storage
-    from framework.metrics_server import cuda_memory_bytes, maybe_start_metrics_server
     from framework.model import count_params, load_tokenizer
-    from framework.tracking import make_trackers
-    from framework.trainer_status import maybe_reporter as maybe_trainer_reporter
 
-    deepspeed = dist.import_deepspeed(
-        cfg.hardware.accelerator
-    )  # without the ~0.8 s MLflow import of DeepSpeed's autotuner
-    t_start = time.time()
     storage.configure_from_config(cfg.storage)
     dist.init(cfg.hardware.accelerator)
-    rank0 = dist.is_rank0()
-    run = RunDir.at(run_dir)
     if run.remote and dist.local_rank() == 0:
         shutil.rmtree(run.path, ignore_errors=True)  # staging is per run: the remote copy is the truth
     dist.barrier()
     run.path.mkdir(parents=True, exist_ok=True)
-    if rank0:
+    if dist.is_rank0():
         log.info("Run directory: %s", run.uri if run.remote else run.path.resolve())
         log.info("World: %d process(es) %s", dist.world_size(), dist.describe())
     # Chosen (and verified) before anything heavy starts, so a damaged or foreign checkpoint fails in seconds.
@@ -467,7 +372,7 @@ def train(
     tokenizer = load_tokenizer(cfg)
     d = prepare_data(cfg, tokenizer)
     model = prepare_model(cfg, tokenizer)
-    if cfg.train.get("compile", False):
+    if cfg.train.compile:
         from framework.kernels import compile_model
 
         log.info(
@@ -475,7 +380,7 @@ def train(
             compile_model(model),
         )
     total, trainable = count_params(model)
-    if rank0:
+    if dist.is_rank0():
         log.info(
             "Model %s: %s parameters, %s trainable (%.2f%%); %d train sequences of %d tokens, %d val, %d steps",
             cfg.model.name,
@@ -487,251 +392,319 @@ def train(
             len(d.val),
             d.steps,
         )
-
-    ds_cfg = deepspeed_config(cfg)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = None
-    if cfg.optim.name == "sgd":
-        optimizer = torch.optim.SGD(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
-    schedule = lr_lambda(cfg, d.steps)
-    engine, optimizer, _, scheduler = deepspeed.initialize(
-        model=model,
-        model_parameters=params,
-        optimizer=optimizer,
-        lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, schedule),
-        config=ds_cfg,
-        dist_init_required=False,
-    )
-
-    step, consumed = 0, 0
-    best_loss, best_pending = math.inf, -1  # train.keep_best: lowest eval loss so far; the step to mark
+    engine, scheduler = build_engine(cfg, model, d.steps)
+    job = Job(engine, scheduler, d, tokenizer)
     if resume_from is not None:
-        root, tag = resume_from
-        state = checkpoint.load(engine, root, tag, expect=compat_state(cfg))
-        step, consumed = int(state["step"]), int(state["consumed"])
-        best_loss = float(state.get("best_eval_loss", math.inf))
-        if root == run.resume_staging:  # another run's checkpoint, downloaded for this start only
-            source: Any = cfg.resume
-            dist.barrier()
-            if dist.local_rank() == 0:
-                shutil.rmtree(root, ignore_errors=True)
-        else:
-            source = storage.join(run.remote_checkpoints, tag) if run.remote else root / tag
-        if rank0:
-            log.info("Resumed from %s at step %d", source, step)
-            run.fetch_metrics()
-            run.truncate_metrics(step)
-    elif rank0:  # a fresh start: lines of an earlier attempt that left no checkpoint would repeat its steps
+        resume(cfg, run, job, *resume_from)
+    elif (
+        dist.is_rank0()
+    ):  # a fresh start: lines of an earlier attempt that left no checkpoint would repeat its steps
         run.truncate_metrics(after_step=-1)  # keeps no line
-    if rank0:
+    if dist.is_rank0():
         # Only now: a start that fails earlier leaves an earlier attempt's config.yaml as it was.
-        run.write_config(cfg)
+        run.write_config(resolved_yaml(cfg))
+    return job
 
-    tracker = make_trackers(cfg.tracking, run.uri, cfg.run_name, resolved(cfg), rank0, start_step=step)
-    prom = maybe_start_metrics_server(cfg.tracking.prometheus, cfg.run_name)
-    progress = maybe_trainer_reporter(d.steps, step, rank0)  # Kubeflow Trainer's trainerStatus, when set
-    metrics = MetricsLog(run.metrics, rank0, [lambda r: tracker.log_metrics(r, r["step"]), progress.report])
-    stop = StopFlag()
-    stop.install()
-    micro, accum = cfg.train.micro_batch_size, cfg.train.grad_accum
-    bar = tqdm(
-        total=d.steps,
-        initial=step,
-        disable=not (rank0 and cfg.train.progress),
-        dynamic_ncols=True,
-        desc="train",
-        unit="step",
-    )
-    last: dict[str, Any] = {}
-    last_eval: dict[str, Any] = {}
-    tok_rate_sum, tok_rate_n = 0.0, 0
 
-    def client_state() -> dict[str, Any]:
-        return {
-            "step": step,
-            "consumed": consumed,
-            "best_eval_loss": best_loss,
-        }
+def resume(cfg: DictConfig, run: RunDir, job: Job, root: Path, tag: str) -> None:
+    """Load checkpoint ``tag`` under ``root`` (chosen by resolve_resume) into ``job``; drop metrics logged past
+    it."""
+    from framework import storage
 
-    compat = compat_state(cfg)
-    plain_cfg = resolved(cfg)
-    remote = checkpoint.RemoteSync(run.checkpoints, run.remote_checkpoints) if run.remote else None
+    state = checkpoint.load(job.engine, root, tag, expect=compat_state(cfg))
+    job.step, job.consumed = int(state["step"]), int(state["consumed"])
+    job.best_loss = float(state.get("best_eval_loss", math.inf))  # absent in checkpoints before keep_best
+    if root == run.resume_staging:  # another run's checkpoint, downloaded for this start only
+        source: Any = cfg.resume
+        dist.barrier()
+        if dist.local_rank() == 0:
+            shutil.rmtree(root, ignore_errors=True)
+    else:
+        source = storage.join(run.remote_checkpoints, tag) if run.remote else root / tag
+    if dist.is_rank0():
+        log.info("Resumed from %s at step %d", source, job.step)
+        run.fetch_metrics()
+        run.truncate_metrics(job.step)
 
-    def save_checkpoint(blocking: bool = False) -> None:
-        t0 = time.time()
-        if remote is not None and remote.tag is not None:
-            remote.sync(cfg.train.keep_last)  # the previous upload must land before a new one starts
-            publish_metrics()
-        checkpoint.save(
-            engine,
-            run.checkpoints,
-            step,
-            client_state(),
-            meta=compat,
-            config=plain_cfg,
-            commit=remote is None,
+
+class Outputs:
+    """Where a rank reports: metrics file (rank 0), trackers, Prometheus, the progress bar; and the figures the
+    run's result is made of (last train line, last eval, mean throughput)."""
+
+    def __init__(self, cfg: DictConfig, run: RunDir, start_step: int, total_steps: int) -> None:
+        from tqdm import tqdm
+
+        from framework.metrics_server import maybe_start_metrics_server
+        from framework.tracking import make_trackers
+        from framework.trainer_status import maybe_reporter as maybe_trainer_reporter
+
+        rank0 = dist.is_rank0()
+        self.run = run
+        self.tracker = make_trackers(
+            cfg.tracking, run.uri, cfg.run_name, resolved(cfg), rank0, start_step=start_step
         )
-        checkpoint.prune(run.checkpoints, cfg.train.keep_last)
-        if rank0:
-            log.info("Checkpoint step_%d saved in %.2fs", step, time.time() - t0)
-        prom.observe_checkpoint(time.time() - t0)
-        if remote is not None:
-            remote.start(checkpoint.tag_for(step))
+        self.prom = maybe_start_metrics_server(cfg.tracking.prometheus, cfg.run_name)
+        # Kubeflow Trainer's trainerStatus, when set
+        self.progress = maybe_trainer_reporter(total_steps, start_step, rank0)
+        self.metrics = MetricsLog(
+            run.metrics, rank0, [lambda r: self.tracker.log_metrics(r, r["step"]), self.progress.report]
+        )
+        self.bar = tqdm(
+            total=total_steps,
+            initial=start_step,
+            disable=not (rank0 and cfg.train.progress),
+            dynamic_ncols=True,
+            desc="train",
+            unit="step",
+        )
+        self.samples: Any = None  # eval.samples: generated at every eval (framework.evaluation.Samples)
+        self.last: dict[str, Any] = {}
+        self.last_eval: dict[str, Any] = {}
+        self._rates: list[float] = []
+
+    def train_line(self, record: dict[str, Any], write: bool, **gauges: float) -> None:
+        from framework.metrics_server import cuda_memory_bytes
+
+        self.last = record
+        self._rates.append(record["tokens_per_s"])
+        if write:
+            self.metrics.write(record)
+        self.prom.update(**record, **gauges, **cuda_memory_bytes())
+        self.bar.set_postfix(
+            loss=f"{record['loss']:.4f}", tok_s=f"{record['tokens_per_s']:,.0f}", refresh=False
+        )
+        self.bar.update(1)
+
+    def eval_line(self, step: int, eval_loss: float, ppl: float) -> None:
+        self.last_eval = {"step": step, "eval_loss": eval_loss, "perplexity": ppl}
+        self.metrics.write(self.last_eval)
+        self.prom.update(eval_loss=eval_loss)
+        if dist.is_rank0():
+            self.bar.write(f"step {step}: eval_loss {eval_loss:.4f}  perplexity {ppl:.2f}")
+
+    def publish_metrics(self) -> None:
+        """Rank 0 of a remote run: upload the metrics written so far (at each checkpoint commit)."""
+        if dist.is_rank0() and self.run.remote:
+            self.metrics.flush()
+            self.run.publish(METRICS)
+
+    def publish_outputs(self, names: list[str]) -> None:
+        """Rank 0: upload what the recipe exported, and hand it to the trackers."""
+        if not dist.is_rank0():
+            return
+        for name in names:
+            self.run.publish(name)
+            if (self.run.path / name).is_dir():
+                self.tracker.log_artifact(str(self.run.path / name), name)
+        if names:
+            self.tracker.register_model(names[0])  # the recipe's main output (tracking.mlflow.register_as)
+
+    def close(self, status: str) -> None:
+        self.bar.close()
+        self.metrics.close()
+        self.tracker.close(status)
+        self.progress.close(finished=status == "FINISHED")
+        self.prom.stop()
+
+    def result(self, step: int, wall_s: float) -> JobResult:
+        return JobResult(
+            status="COMPLETED",
+            run_dir=self.run.uri,
+            steps=step,
+            loss=self.last.get("loss"),
+            eval_loss=self.last_eval.get("eval_loss"),
+            perplexity=self.last_eval.get("perplexity"),
+            tokens_per_s=sum(self._rates) / len(self._rates) if self._rates else None,
+            wall_s=wall_s,
+        )
+
+
+class Checkpointer:
+    """Checkpoint save, poll, commit and publish. A local run directory commits at once (``latest`` written
+    last); a remote one uploads in the background (checkpoint.RemoteSync) and commits once every node's upload
+    finished, which :meth:`poll` learns from one small collective at the same step boundary on every rank."""
+
+    def __init__(self, engine: Any, run: RunDir, cfg: DictConfig, out: Outputs) -> None:
+        self.engine, self.run, self.out = engine, run, out
+        self.meta = compat_state(cfg)
+        self.config = resolved(cfg)  # recorded in each manifest: resume=auto compares it
+        self.keep_last = int(cfg.train.keep_last)
+        self.remote = checkpoint.RemoteSync(run.checkpoints, run.remote_checkpoints) if run.remote else None
+
+    def save(self, job: Job, *, blocking: bool = False) -> None:
+        t0 = time.time()
+        if self.remote is not None and self.remote.tag is not None:
+            self._commit(sync=True)  # the previous upload must land before a new one starts
+        state = {"step": job.step, "consumed": job.consumed, "best_eval_loss": job.best_loss}
+        checkpoint.save(
+            self.engine,
+            self.run.checkpoints,
+            job.step,
+            state,
+            meta=self.meta,
+            config=self.config,
+            commit=self.remote is None,
+        )
+        checkpoint.prune(self.run.checkpoints, self.keep_last)
+        if dist.is_rank0():
+            log.info("Checkpoint step_%d saved in %.2fs", job.step, time.time() - t0)
+        self.out.prom.observe_checkpoint(time.time() - t0)
+        if self.remote is not None:
+            self.remote.start(checkpoint.tag_for(job.step))
             if blocking:
-                remote.sync(cfg.train.keep_last)
-                publish_metrics()
-                if rank0:
-                    log.info("Checkpoint step_%d uploaded and committed in %.2fs", step, time.time() - t0)
+                self._commit(sync=True)
+                if dist.is_rank0():
+                    log.info("Checkpoint step_%d uploaded and committed in %.2fs", job.step, time.time() - t0)
 
-    def poll_upload() -> None:
-        """Commit a finished background upload; learned from one small collective while one is pending."""
-        if remote is None or remote.tag is None:
-            return
-        busy, failed = dist.all_reduce_max([float(remote.busy), float(remote.failed)])
-        if failed:
-            remote.raise_error()
-        if not busy:
-            tag = remote.tag
-            remote.commit(cfg.train.keep_last)
-            publish_metrics()
-            if rank0:
-                log.info("Checkpoint %s uploaded in %.2fs, overlapped with training", tag, remote.upload_s)
+    def mark_best(self, job: Job, *, saved: bool) -> None:
+        """train.keep_best: the eval at this step was the best so far, so its checkpoint becomes ``best``."""
+        from framework import storage
 
-    def publish_metrics() -> None:
-        if rank0 and run.remote:
-            metrics.flush()
-            run.publish("metrics.jsonl")
-
-    def run_eval() -> None:
-        nonlocal last_eval, best_loss, best_pending
-        if not d.val:
-            return
-        eval_loss, ppl = evaluate(engine, d.val, micro, cfg.train.eval_max_batches)
-        last_eval = {"step": step, "eval_loss": eval_loss, "perplexity": ppl}
-        metrics.write(last_eval)
-        prom.update(eval_loss=eval_loss)
-        if rank0:
-            bar.write(f"step {step}: eval_loss {eval_loss:.4f}  perplexity {ppl:.2f}")
-        if samples is not None:
-            samples(engine.module, step, tracker, zero3=cfg.hardware.zero_stage == 3)
-        if cfg.train.get("keep_best") and step > 0 and eval_loss < best_loss:  # the same on every rank
-            best_loss, best_pending = eval_loss, step
-
-    def mark_best(saved: bool) -> None:
-        """train.keep_best: the eval at this step was the best so far; its checkpoint becomes ``best``."""
-        if best_pending != step:
+        if job.best_pending != job.step:
             return
         if not saved:
-            save_checkpoint(blocking=True)
-        tag = checkpoint.tag_for(step)
-        checkpoint.write_best(run.checkpoints, tag)
-        checkpoint.prune(run.checkpoints, cfg.train.keep_last)  # the previous best is now one of the old ones
-        if rank0 and run.remote:
-            storage.write_text_atomic(storage.join(run.remote_checkpoints, checkpoint.BEST), tag)
+            self.save(job, blocking=True)
+        tag = checkpoint.tag_for(job.step)
+        checkpoint.write_best(self.run.checkpoints, tag)
+        checkpoint.prune(self.run.checkpoints, self.keep_last)  # the previous best is now one of the old ones
+        if dist.is_rank0() and self.run.remote:
+            storage.write_text_atomic(storage.join(self.run.remote_checkpoints, checkpoint.BEST), tag)
 
-    samples = None
-    if cfg.get("eval") is not None and cfg.eval.samples:
+    def poll(self) -> None:
+        """Commit a finished background upload; one small collective while an upload is pending."""
+        if self.remote is None or self.remote.tag is None:
+            return
+        busy, failed = dist.all_reduce_max([float(self.remote.busy), float(self.remote.failed)])
+        if failed:
+            self.remote.raise_error()
+        if not busy:
+            tag = self.remote.tag
+            self._commit(sync=False)
+            if dist.is_rank0():
+                log.info(
+                    "Checkpoint %s uploaded in %.2fs, overlapped with training", tag, self.remote.upload_s
+                )
+
+    def _commit(self, *, sync: bool) -> None:
+        assert self.remote is not None
+        if sync:
+            self.remote.sync(self.keep_last)
+        else:
+            self.remote.commit(self.keep_last)
+        self.out.publish_metrics()
+
+
+def train_step(job: Job, cfg: DictConfig, out: Outputs, stop: StopFlag) -> int:
+    """One optimizer step (``grad_accum`` micro batches) and its metrics line; returns the signal any rank got
+    (0: none). One collective per step: loss and token counts from every rank, plus any rank's stop request."""
+    import torch
+
+    t0 = time.perf_counter()
+    losses, tokens, data_s = [], 0, 0.0
+    accum = cfg.train.grad_accum
+    for _ in range(accum):
+        td = time.perf_counter()
+        rows = job.data.train.batch(job.consumed)
+        data_s += time.perf_counter() - td
+        job.consumed += 1
+        losses.append(micro_step(job.engine, rows))
+        tokens += data.n_real_tokens(rows)
+    job.step += 1
+    loss_sum = float(torch.stack(losses).sum())  # the only host sync of the step
+    own_s = time.perf_counter() - t0  # this rank's compute, before waiting for the others
+    loss_sum, tokens_all, n = dist.all_reduce_sum([loss_sum, float(tokens), float(accum)])
+    stop_any, slowest_s = dist.all_reduce_max([float(stop.signum), own_s])
+    dt = time.perf_counter() - t0
+    loss = loss_sum / n
+    lr = job.scheduler.get_last_lr()[0] if job.scheduler is not None else cfg.optim.lr
+    record = {"step": job.step, "loss": loss, "lr": lr, "tokens_per_s": tokens_all / dt, "step_time_s": dt}
+    write = job.step % cfg.train.log_interval == 0 or job.step == job.data.steps
+    # compute_time_s vs the slowest rank's: the straggler alert
+    out.train_line(record, write, slowest_step_time_s=slowest_s, compute_time_s=own_s, data_time_s=data_s)
+    if not math.isfinite(loss):
+        raise FloatingPointError(f"loss is {loss} at step {job.step}; lower optim.lr or check the data")
+    return int(stop_any)
+
+
+def run_eval(job: Job, cfg: DictConfig, out: Outputs) -> None:
+    """Eval loss on the validation rows (and, with eval.samples, generated samples); remembers the best."""
+    if not job.data.val:
+        return
+    loss, ppl = evaluate(job.engine, job.data.val, cfg.train.micro_batch_size, cfg.train.eval_max_batches)
+    out.eval_line(job.step, loss, ppl)
+    if out.samples is not None:
+        out.samples(job.engine.module, job.step, out.tracker, zero3=cfg.hardware.zero_stage == 3)
+    if cfg.train.keep_best and job.step > 0 and loss < job.best_loss:  # the same on every rank
+        job.best_loss, job.best_pending = loss, job.step
+
+
+def train(
+    cfg: DictConfig,
+    run: RunDir,
+    *,
+    prepare_model: Callable[[DictConfig, Any], Any],
+    export: Callable[[Any, DictConfig, RunDir, Any], list[str]],
+) -> dict[str, Any]:
+    """Run the whole training job in this rank; return its JobResult as a dict (rank 0's view).
+
+    ``prepare_model(cfg, tokenizer)`` builds the model with what the recipe trains marked trainable;
+    ``export(engine, cfg, run, tokenizer)`` writes the recipe's outputs into ``run.path`` and returns their names.
+    """
+    t_start = time.time()
+    job = setup(cfg, run, prepare_model)
+    out = Outputs(cfg, run, job.step, job.data.steps)
+    if cfg.eval.samples:
         from framework.evaluation import SAMPLES, Samples
 
-        samples = Samples(
-            d.val, cfg.eval.samples, tokenizer, cfg.eval.samples_max_new_tokens, run.path / SAMPLES
+        out.samples = Samples(
+            job.data.val, cfg.eval.samples, job.tokenizer, cfg.eval.samples_max_new_tokens, run.path / SAMPLES
         )
-
+    ckpt = Checkpointer(job.engine, run, cfg, out)
+    every = cfg.train
+    stop = StopFlag()
+    stop.install()
+    status = "FAILED"
     try:
-        if step == 0 and cfg.train.get("eval_at_start", True):
-            run_eval()  # the baseline every curve starts from
-        while step < d.steps:
-            t0 = time.perf_counter()
-            losses, tokens, data_s = [], 0, 0.0
-            for _ in range(accum):
-                td = time.perf_counter()
-                rows = d.train.batch(consumed)
-                data_s += time.perf_counter() - td
-                consumed += 1
-                losses.append(micro_step(engine, rows))
-                tokens += data.n_real_tokens(rows)
-            step += 1
-            # One collective per step: loss and token counts from every rank, plus any rank's stop request.
-            loss_sum = float(torch.stack(losses).sum())  # the only host sync of the step
-            own_s = time.perf_counter() - t0  # this rank's compute, before waiting for the others
-            loss_sum, tokens_all, n = dist.all_reduce_sum([loss_sum, float(tokens), float(accum)])
-            stop_any, slowest_s = dist.all_reduce_max([float(stop.signum), own_s])
-            dt = time.perf_counter() - t0
-            loss = loss_sum / n
-            tok_s = tokens_all / dt
-            tok_rate_sum, tok_rate_n = tok_rate_sum + tok_s, tok_rate_n + 1
-            lr = scheduler.get_last_lr()[0] if scheduler is not None else cfg.optim.lr
-            last = {"step": step, "loss": loss, "lr": lr, "tokens_per_s": tok_s, "step_time_s": dt}
-            if step % cfg.train.log_interval == 0 or step == d.steps:
-                metrics.write(last)
-            prom.update(
-                **last,
-                slowest_step_time_s=slowest_s,
-                compute_time_s=own_s,  # vs the slowest rank's: the straggler alert
-                data_time_s=data_s,
-                **cuda_memory_bytes(),
-            )
-            bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tok_s:,.0f}", refresh=False)
-            bar.update(1)
-            if not math.isfinite(loss):
-                raise FloatingPointError(f"loss is {loss} at step {step}; lower optim.lr or check the data")
-            if cfg.train.eval_interval and step % cfg.train.eval_interval == 0 and step < d.steps:
-                run_eval()
-            poll_upload()
-            if stop_any:
-                save_checkpoint(blocking=True)
+        if job.step == 0 and every.eval_at_start:
+            run_eval(job, cfg, out)  # the baseline every curve starts from
+        while job.step < job.data.steps:
+            signum = train_step(job, cfg, out, stop)
+            last = job.step == job.data.steps
+            if every.eval_interval and job.step % every.eval_interval == 0 and not last:
+                run_eval(job, cfg, out)
+            ckpt.poll()
+            if signum:
+                ckpt.save(job, blocking=True)
                 raise Preempted(
-                    f"stopped by signal {int(stop_any)} at step {step}; checkpoint step_{step} saved"
+                    f"stopped by signal {signum} at step {job.step}; checkpoint step_{job.step} saved"
                 )
-            due = bool(cfg.train.checkpoint_interval) and step % cfg.train.checkpoint_interval == 0
-            if due and step < d.steps:
-                save_checkpoint()
-            if step < d.steps:
-                mark_best(saved=due)
-        run_eval()
-        save_checkpoint(blocking=True)
-        mark_best(saved=True)
-        export(engine, cfg, run.path, tokenizer)
-        if rank0:
-            for name in ("adapter", "model", "base"):
-                run.publish(name)
-                if (run.path / name).is_dir():
-                    tracker.log_artifact(str(run.path / name), name)
-            tracker.register_model("adapter" if (run.path / "adapter").is_dir() else "model")
+            due = bool(every.checkpoint_interval) and job.step % every.checkpoint_interval == 0
+            if due and not last:
+                ckpt.save(job)
+            if not last:
+                ckpt.mark_best(job, saved=due)
+        run_eval(job, cfg, out)
+        ckpt.save(job, blocking=True)
+        ckpt.mark_best(job, saved=True)
+        out.publish_outputs(export(job.engine, cfg, run, job.tokenizer))
         status = "FINISHED"
     except Preempted:
         status = "KILLED"
         raise
-    except BaseException:
-        status = "FAILED"
-        raise
     finally:
-        bar.close()
-        metrics.close()
         stop.restore()
-        tracker.close(status)
-        progress.close(finished=status == "FINISHED")
-        prom.stop()
+        out.close(status)
     dist.barrier()
-    result = {
-        "status": "COMPLETED",
-        "steps": step,
-        "loss": last.get("loss"),
-        "eval_loss": last_eval.get("eval_loss"),
-        "perplexity": last_eval.get("perplexity"),
-        "tokens_per_s": tok_rate_sum / tok_rate_n if tok_rate_n else None,
-        "wall_s": time.time() - t_start,
-        "run_dir": run.uri,
-    }
-    if rank0:
+    result = out.result(job.step, time.time() - t_start)
+    if dist.is_rank0():
         log.info(
             "Done: %d steps, eval_loss %s, %.1fs; outputs in %s",
-            step,
-            f"{result['eval_loss']:.4f}" if result["eval_loss"] is not None else "-",
-            result["wall_s"],
+            job.step,
+            f"{result.eval_loss:.4f}" if result.eval_loss is not None else "-",
+            result.wall_s,
             run.uri if run.remote else run.path.resolve(),
         )
-    return result
+    return result.as_dict()
 
 
 def full_state_dict(engine: Any) -> dict[str, Any] | None:
@@ -740,14 +713,3 @@ def full_state_dict(engine: Any) -> dict[str, Any] | None:
         sd = engine._zero3_consolidated_16bit_state_dict()
         return sd if dist.is_rank0() else None
     return engine.module.state_dict() if dist.is_rank0() else None
-
-
-def run_dir_for(cfg: DictConfig) -> str:
-    """``storage.output_uri`` when set, else Hydra's job output dir, else ``outputs/<run_name>``."""
-    if cfg.storage.output_uri:
-        return str(cfg.storage.output_uri)
-    from hydra.core.hydra_config import HydraConfig
-
-    if HydraConfig.initialized():
-        return str(HydraConfig.get().runtime.output_dir)
-    return str(Path("outputs") / cfg.run_name)

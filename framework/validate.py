@@ -22,12 +22,12 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from framework import domains, fastpath, pretrained
-from framework.config import Config, package_path
+from framework.config import Config
 from framework.errors import ConfigError
 from framework.evaluation import eval_problems
 from framework.model import option_problems
 from framework.tracking_config import tracking_problems as _tracking_section_problems
-from recipes import RECIPES
+from recipes import RECIPES, trains
 
 log = logging.getLogger(__name__)
 
@@ -78,8 +78,10 @@ def recipe_problems(cfg: DictConfig) -> list[str]:
     if recipe is not None and recipe not in RECIPES:
         problems.append(f"recipe.name={recipe!r} is not a recipe; valid: {', '.join(sorted(RECIPES))}")
     problems += _generic(cfg, "recipe")
-    if cfg.recipe.finetune == "lora" and cfg.lora is None:
-        problems.append("recipe.finetune=lora needs a `lora` section (r, alpha, ...); it is null")
+    if trains(recipe) == "lora" and cfg.lora is None:
+        problems.append(
+            f"recipe={recipe} trains LoRA adapters and needs a `lora` section (r, alpha, ...); it is null"
+        )
     return problems
 
 
@@ -277,20 +279,14 @@ GROUPS: tuple[Problems, ...] = (
 # --------------------------------------------------------------------------------------------- this machine
 def _local_missing(uri: str | None) -> bool:
     """True for a local (or pkg://, file://) path that does not exist; remote URIs are checked when read."""
-    if not uri:
+    from framework import storage  # not at import: a launcher that renders jobs never checks paths
+
+    if not uri or storage.is_remote(uri):
         return False
-    if uri.startswith("pkg://"):
-        try:
-            path = package_path(uri)
-        except FileNotFoundError:
-            return True
-    elif uri.startswith("file://"):
-        path = uri.removeprefix("file://")
-    elif "://" in uri:
-        return False
-    else:
-        path = uri
-    return not Path(path).expanduser().exists()
+    try:
+        return not storage.exists(uri)
+    except FileNotFoundError:  # pkg:// naming a package that is not installed
+        return True
 
 
 OUTPUT_KEYS = ("storage.output_uri", "storage.cache_dir", "dataset.cache_dir")
@@ -319,14 +315,16 @@ def _unwritable(path: Path) -> str | None:
 
 def _output_problems(cfg: DictConfig, missing: set[str]) -> list[str]:
     """Local output locations must be writable (or creatable) before any work starts."""
+    from framework import storage
+
     problems = []
     for key in OUTPUT_KEYS:
         value = _get(cfg, key)
         if not isinstance(value, str) or key in missing or not value.strip():
             continue
-        if "://" in value and not value.startswith("file://"):
+        if storage.is_remote(value):
             continue  # remote: checked by the first write, with retries (framework.storage)
-        path = Path(value.removeprefix("file://")).expanduser()
+        path = Path(storage.local_copy(value))
         if key == "dataset.cache_dir" and path.is_file():
             continue  # framework.data.problems names that one
         why = _unwritable(path)
@@ -339,6 +337,8 @@ def host_problems(
     cfg: DictConfig, *, gpu_count: Callable[[], int] | None, check_local_paths: bool, missing: set[str]
 ) -> list[str]:
     """What this machine must have: the local files the config names, and the GPUs a local run needs."""
+    from framework import storage  # not at import: a launcher that renders jobs never checks paths
+
     problems = []
     hw = cfg.hardware
     for key in PATH_KEYS:
@@ -349,7 +349,7 @@ def host_problems(
         problems += _output_problems(cfg, missing)
         resume = _get(cfg, "resume")
         named = isinstance(resume, str) and resume not in ("auto", "none") and not resume.isdigit()
-        if named and "://" not in str(resume) and not Path(str(resume)).expanduser().exists():
+        if named and not storage.is_remote(str(resume)) and not storage.exists(str(resume)):
             problems.append(
                 f"resume={resume} does not exist; name a checkpoint dir (…/checkpoints/step_<N>), a step "
                 "number, auto or none"
@@ -389,7 +389,7 @@ def validate(
     # The memory estimate needs an otherwise consistent config (valid stage, precision, batch sizes).
     if (
         not problems
-        and cfg.recipe.finetune != "none"  # an estimate of training memory; evaluate trains nothing
+        and trains(cfg.recipe.name) is not None  # an estimate of training memory; evaluate trains nothing
         and cfg.hardware.accelerator == "cuda"
         and _get(cfg, "hardware.gpu_memory_gb") is not None
     ):

@@ -18,7 +18,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from framework.evaluation import evaluate_run
-from framework.train import run_dir_for
+from framework.rundir import run_dir_for
 
 
 def main(cfg: DictConfig) -> dict[str, Any]:

@@ -19,28 +19,33 @@ learning rate. The random-init demo (``model=tiny_llama``) uses conf/tuning/full
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig
 
 from framework import distributed as dist
 from framework.model import build_model
-from framework.train import full_state_dict, run_dir_for, train
+from framework.rundir import RunDir
+from framework.train import full_state_dict, train
+
+EXPORTED = "model"
 
 
 def prepare_model(cfg: DictConfig, tokenizer: Any) -> Any:
+    """The trainable set: every parameter (build_model leaves all of them trainable)."""
     return build_model(cfg, len(tokenizer))
 
 
-def export(engine: Any, cfg: DictConfig, run_dir: Path, tokenizer: Any) -> None:
+def export(engine: Any, cfg: DictConfig, run: RunDir, tokenizer: Any) -> list[str]:
+    """Write ``model/`` (rank 0) and return what was written, on every rank."""
     state_dict = full_state_dict(engine)  # a collective under ZeRO-3: every rank calls it
     if dist.is_rank0():
-        out = run_dir / "model"
+        out = run.path / EXPORTED
         engine.module.save_pretrained(str(out), state_dict=state_dict)
         tokenizer.save_pretrained(str(out))
     dist.barrier()
+    return [EXPORTED]
 
 
 def main(cfg: DictConfig) -> dict[str, Any]:
-    return train(cfg, run_dir_for(cfg), prepare_model=prepare_model, export=export)
+    return train(cfg, RunDir.for_config(cfg), prepare_model=prepare_model, export=export)

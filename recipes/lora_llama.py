@@ -34,20 +34,23 @@ from omegaconf import DictConfig
 
 from framework import distributed as dist
 from framework.model import apply_lora, build_model
-from framework.train import full_state_dict, run_dir_for, train
+from framework.rundir import RunDir
+from framework.train import full_state_dict, train
 
-BASE = "base"
+EXPORTED = "adapter"
+BASE = "base"  # a random-init base's frozen weights, which the adapter names
 
 
 def prepare_model(cfg: DictConfig, tokenizer: Any) -> Any:
+    """The trainable set: LoRA adapters (apply_lora freezes the base)."""
     return apply_lora(build_model(cfg, len(tokenizer)), cfg)
 
 
-def base_reference(cfg: DictConfig) -> str:
+def base_reference(cfg: DictConfig, run: RunDir) -> str:
     """What ``adapter_config.json`` names as its base: the pretrained model as configured, else ``<run>/base``."""
     from framework import storage
 
-    ref = str(cfg.model.pretrained) if cfg.model.pretrained else storage.join(run_dir_for(cfg), BASE)
+    ref = str(cfg.model.pretrained) if cfg.model.pretrained else storage.join(run.uri, BASE)
     return ref if storage.is_remote(ref) else str(Path(ref).expanduser().resolve())
 
 
@@ -62,17 +65,18 @@ def save_base(state_dict: dict[str, Any], cfg: DictConfig, out: Path, tokenizer:
     tokenizer.save_pretrained(str(out))
 
 
-def export(engine: Any, cfg: DictConfig, run_dir: Path, tokenizer: Any) -> list[str]:
+def export(engine: Any, cfg: DictConfig, run: RunDir, tokenizer: Any) -> list[str]:
+    """Write ``adapter/`` (and ``base/`` for a random-init base) on rank 0; return what was written."""
     state_dict = full_state_dict(engine)  # a collective under ZeRO-3: every rank calls it
-    written = ["adapter"]
+    written = [EXPORTED]
     if dist.is_rank0():
         if not cfg.model.pretrained:
             # first: peft's save reads the base's config.json (else it warns it cannot find one)
-            save_base(state_dict, cfg, run_dir / BASE, tokenizer)
+            save_base(state_dict, cfg, run.path / BASE, tokenizer)
             written.append(BASE)
-        out = run_dir / "adapter"
+        out = run.path / EXPORTED
         for pc in engine.module.peft_config.values():
-            pc.base_model_name_or_path = base_reference(cfg)
+            pc.base_model_name_or_path = base_reference(cfg, run)
         engine.module.save_pretrained(str(out), state_dict=state_dict)
         tokenizer.save_pretrained(str(out))
     dist.barrier()
@@ -80,4 +84,4 @@ def export(engine: Any, cfg: DictConfig, run_dir: Path, tokenizer: Any) -> list[
 
 
 def main(cfg: DictConfig) -> dict[str, Any]:
-    return train(cfg, run_dir_for(cfg), prepare_model=prepare_model, export=export)
+    return train(cfg, RunDir.for_config(cfg), prepare_model=prepare_model, export=export)

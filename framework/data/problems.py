@@ -23,13 +23,11 @@ def _missing(uri: str) -> bool:
             uri = package_path(uri)
         except FileNotFoundError:
             return True
-    if uri.startswith("file://"):
-        uri = uri.removeprefix("file://")
-    elif "://" in uri:
-        return False  # remote: checked when read
-    from pathlib import Path
+    from framework import storage
 
-    return not Path(uri).expanduser().exists()
+    if storage.is_remote(uri):
+        return False  # remote: checked when read
+    return not storage.exists(uri)
 
 
 def _template_problems(key: str, text: Any) -> list[str]:

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from framework.config import package_path
 from framework.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -69,14 +68,9 @@ class Table:
 
 def local_path(uri: str) -> Path:
     """A local filesystem path for ``uri``: pkg:// and file:// mapped, remote URIs fetched into the cache."""
-    uri = package_path(uri)
-    if uri.startswith("file://"):
-        return Path(uri.removeprefix("file://"))
-    if "://" in uri:
-        from framework import storage
+    from framework import storage
 
-        return Path(storage.local_copy(uri))
-    return Path(uri).expanduser()
+    return storage.local_copy(uri)
 
 
 def builder_for(name: str) -> str | None:

@@ -38,7 +38,7 @@ def plain(cfg: DictConfig) -> dict[str, Any]:
     [
         [*BASE, "optim.lr=0.0003"],
         [*BASE, "hardware.nodes=2", "train.max_steps=null", "run_name=exp-1"],
-        [*BASE, "+launcher.env.X=1", "++launcher.labels={team: ml}", "~lora", "recipe.finetune=full"],
+        [*BASE, "+launcher.env.X=1", "++launcher.labels={team: ml}", "~lora", "recipe.name=full_finetune"],
         [*BASE, "model=llama3_2_1b", "model.gradient_checkpointing=true"],  # a group choice and a value
         ["launcher=kubernetes", "hardware=cpu", "hardware.nodes=3"],
     ],

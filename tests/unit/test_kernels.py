@@ -29,6 +29,7 @@ from framework.kernels import (
 from framework.memory import fused_chunk_tokens
 from framework.model import apply_lora, build_model
 from framework.validate import with_schema
+from recipes import trains
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -63,7 +64,7 @@ def make_pair(*overrides: str, switch: str = "model.fused_linear_ce=true") -> tu
     models = []
     for cfg in (ref_cfg, fused_cfg):
         m = build_model(cfg, 100)
-        if cfg.recipe.finetune == "lora":
+        if trains(cfg.recipe.name) == "lora":
             m = apply_lora(m, cfg)
             perturb_lora(m)
         models.append(m)

@@ -16,6 +16,7 @@ from framework.config import conf_dir, register
 from framework.errors import ConfigError
 from framework.model import DTYPES, apply_lora, build_model
 from framework.validate import validate, with_schema
+from recipes import trains
 from tests.helpers import ROOT
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -33,7 +34,7 @@ def measure(cfg: DictConfig) -> dict[str, float]:
     """Tensor bytes of one training step of the framework's model: weights, grads and AdamW state after the
     step; activations = every storage autograd saved in the forward (parameters excluded, each storage once)."""
     model = build_model(cfg, 100)
-    if cfg.recipe.finetune == "lora":
+    if trains(cfg.recipe.name) == "lora":
         model = apply_lora(model, cfg)
     # peft keeps adapters in fp32 under a bf16 base; DeepSpeed's bf16 engine casts the whole module, as here
     model.to(getattr(torch, DTYPES[cfg.hardware.precision]))
@@ -234,7 +235,7 @@ def test_memory_module_imports_no_torch() -> None:
 
 def test_estimate_accepts_plain_dicts() -> None:
     cfg = {
-        "recipe": {"finetune": "full"},
+        "recipe": {"name": "full_finetune"},
         "model": {
             "vocab_size": 100,
             "hidden_size": 8,

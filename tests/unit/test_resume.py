@@ -10,7 +10,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from framework.errors import ConfigError
-from framework.train import RunDir, resolve_resume
+from framework.rundir import RunDir
+from framework.train import resolve_resume
 
 
 def _resolve(resume: str, run_dir: Path) -> tuple[Path, str] | None:

@@ -19,9 +19,10 @@ from hydra_plugins.kubernetes_launcher import _trainjob
 from hydra_plugins.kubernetes_launcher._names import COMPLETION_INDEX, pod_run_dir
 from hydra_plugins.ray_launcher import _rayjob
 
+from framework.errors import EXIT_PREEMPTED, EXIT_USAGE
+
 Manifest = dict[str, Any]
-EXIT_PERMANENT = 2  # DESIGN.md: bad config or data, never retried
-EXIT_PREEMPTED = 143  # DESIGN.md: SIGTERM after a checkpoint, retryable
+EXIT_PERMANENT = EXIT_USAGE  # DESIGN.md: bad config or data, never retried (exit codes: framework.errors)
 # PyTorchJob's ExitCode policy retries 128-255 only: there a crash exits this instead of 1 (framework-torchrun).
 EXIT_CRASH_RETRYABLE = 200
 JOBSET_REPLICATED_JOB = "node"  # JobSet pods: <jobset>-node-0-<node rank>

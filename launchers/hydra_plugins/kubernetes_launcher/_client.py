@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 from hydra_plugins.kubernetes_launcher._backends import BACKENDS, BY_KIND
 from hydra_plugins.kubernetes_launcher._names import MANAGED_BY
 
-from framework.errors import EXIT_USAGE, FrameworkError
+from framework.errors import EXIT_KILLED, EXIT_PREEMPTED, EXIT_USAGE, FrameworkError
 
 if TYPE_CHECKING:
     from kubernetes.client import ApiClient
@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 TRANSIENT_STATUS = frozenset({429, 500, 502, 503, 504})
-EXIT_OOM_KILLED = 137  # 128 + SIGKILL: the kernel's OOM killer (or a SIGKILL after the grace period)
+EXIT_OOM_KILLED = EXIT_KILLED  # the kernel's OOM killer (or a SIGKILL after the grace period)
 _OBJECT = {200: "object", 201: "object", 202: "object"}  # responses as plain dicts
 _MERGE = "application/merge-patch+json"
 INSTANCE_LABEL = "app.kubernetes.io/instance"
@@ -853,7 +853,7 @@ def exit_meaning(code: int) -> str:
         EXIT_USAGE: "exit code 2: bad config or data, not retried; fix the error the pod logged",
         EXIT_OOM_KILLED: "exit code 137: OOM-killed (or killed after the grace period); raise "
         "hardware.memory or lower train.micro_batch_size",
-        143: "exit code 143: stopped by SIGTERM after a checkpoint",
+        EXIT_PREEMPTED: "exit code 143: stopped by SIGTERM after a checkpoint",
     }
     return meanings.get(code, f"exit code {code}")
 

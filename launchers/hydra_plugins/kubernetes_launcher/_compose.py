@@ -4,7 +4,7 @@ Hydra's ``load_sweep_config`` composes each job from scratch (~0.2 s here), and 
 per job (once to validate the batch, once in the launcher): a 100-job sweep spent ~40 s composing identical
 trees. Here a job's overrides are split into structural ones (config-group choices, packages, ``hydra.*``) and
 plain value overrides. The tree is composed once per distinct structural set; each job is a copy of it with its
-value overrides applied by Hydra's own ``_apply_overrides_to_config`` and its ``hydra.overrides.task`` and
+value overrides applied by Hydra's own override code (framework.hydra_compat.apply_overrides) and its ``hydra.overrides.task`` and
 ``hydra.job.override_dirname`` set as Hydra sets them. Anything else falls back to the full composition.
 The config the sweeper validated is handed to the launcher as is (it is composed once per job).
 """
@@ -16,10 +16,11 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from hydra._internal.config_loader_impl import ConfigLoaderImpl, get_overrides_dirname
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override, OverrideType
 from omegaconf import DictConfig, OmegaConf, open_dict
+
+from framework.hydra_compat import apply_overrides, overrides_dirname
 
 _HYDRA_INTERPOLATION = re.compile(r"\$\\?\{hydra\\?:")
 
@@ -90,12 +91,12 @@ class SweepConfigLoader:
             )
             self._bases[base_key] = base
         cfg = clone(self._bases[base_key])
-        ConfigLoaderImpl._apply_overrides_to_config(values, cfg)
+        apply_overrides(values, cfg)
         dirname = cfg.hydra.job.config.override_dirname
         with open_dict(cfg.hydra):
             cfg.hydra.overrides.task = [str(o.input_line) for o in parsed]
-            cfg.hydra.job.override_dirname = get_overrides_dirname(
-                overrides=parsed,
+            cfg.hydra.job.override_dirname = overrides_dirname(
+                parsed,
                 kv_sep=dirname.kv_sep,
                 item_sep=dirname.item_sep,
                 exclude_keys=list(dirname.exclude_keys),

@@ -25,7 +25,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobReturn, JobRuntime, JobStatus, configure_log, setup_globals
 from hydra_plugins.kubernetes_launcher import _backends, _render, _staging
 from hydra_plugins.kubernetes_launcher._client import default_namespace
-from omegaconf import DictConfig, OmegaConf, flag_override, open_dict, read_write
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from framework.config import config_yaml, resolved
 from framework.errors import ConfigError
@@ -114,21 +114,10 @@ def _validate(cfg: DictConfig) -> None:
 def _without_hydra(sweep_config: DictConfig) -> Iterator[DictConfig]:
     """The job's config with its hydra node detached for the duration: what the task sees, without the copy
     Hydra's run_job makes (~10 ms a job). The node is put back as is (no deep copy)."""
-    with read_write(sweep_config), open_dict(sweep_config):
-        hydra_node = sweep_config._get_node("hydra")
-        assert hydra_node is not None
-        del sweep_config["hydra"]
-    try:
-        yield sweep_config
-    finally:
-        # Detached for real: else OmegaConf sees a node of the same config and deep-copies it anyway.
-        hydra_node._set_parent(None)
-        with (
-            read_write(sweep_config),
-            open_dict(sweep_config),
-            flag_override(sweep_config, "no_deepcopy_set_nodes", True),
-        ):
-            sweep_config["hydra"] = hydra_node
+    from framework.hydra_compat import detached
+
+    with detached(sweep_config, "hydra") as cfg:
+        yield cfg
 
 
 NOT_A_FRAMEWORK_APP = (
@@ -441,23 +430,19 @@ def _outcome(job: Job, info: JobInfo) -> None:
 
 
 def _final_metrics(job: Job) -> dict[str, Any]:
-    """Final eval loss and throughput from the run's metrics.jsonl, when the pods wrote it somewhere readable."""
+    """Final eval loss and throughput from the run's metrics, when the pods wrote them somewhere readable."""
+    from framework.rundir import JobResult, read_metrics
+
     uri = job.cfg.storage.output_uri
     if not uri:
         return {}
     try:
-        import json
-
-        import fsspec
-
-        with fsspec.open(f"{str(uri).rstrip('/')}/metrics.jsonl", "r") as f:
-            rows = [json.loads(line) for line in f if line.strip()]
+        rows = read_metrics(str(uri))
     except Exception as e:  # best effort: the summary shows '-' instead
         log.debug("no metrics for %s: %s", job.name, e)
         return {}
-    evals = [r["eval_loss"] for r in rows if "eval_loss" in r]
-    tps = [r["tokens_per_s"] for r in rows if "tokens_per_s" in r]
-    return {"eval_loss": evals[-1] if evals else None, "tokens_per_s": sum(tps) / len(tps) if tps else None}
+    found = JobResult.from_metrics(job.status, str(uri), rows)
+    return {"eval_loss": found.eval_loss, "tokens_per_s": found.tokens_per_s}
 
 
 def _interrupted(jobs: list[Job], clients: dict[tuple[Any, ...], JobClient], policy: str) -> None:
@@ -504,18 +489,23 @@ def _interrupted(jobs: list[Job], clients: dict[tuple[Any, ...], JobClient], pol
 def _value(job: Job) -> dict[str, Any]:
     from hydra_plugins.kubernetes_launcher._backends import BACKENDS
 
-    return {
-        "status": job.status,
-        "job": job.name,
-        "namespace": str(job.launcher.namespace),
-        "kind": BACKENDS[str(job.launcher.backend)].kind,
-        "manifests": str(job.out_dir / "manifests.yaml"),
-        "run_dir": _render.pod_run_dir(job.cfg, job.name),
-        "eval_loss": job.extra.get("eval_loss"),
-        "tokens_per_s": job.extra.get("tokens_per_s"),
-        "wall_s": job.wall_s,
-        "message": job.message,
-    }
+    from framework.rundir import JobResult
+
+    result = JobResult(
+        status=job.status,
+        run_dir=_render.pod_run_dir(job.cfg, job.name),
+        eval_loss=job.extra.get("eval_loss"),
+        tokens_per_s=job.extra.get("tokens_per_s"),
+        wall_s=job.wall_s,
+        error=str(job.error) if job.error is not None else None,
+    )
+    return result.as_dict(
+        job=job.name,
+        namespace=str(job.launcher.namespace),
+        kind=BACKENDS[str(job.launcher.backend)].kind,
+        manifests=str(job.out_dir / "manifests.yaml"),
+        message=job.message,
+    )
 
 
 def _summary(job: Job) -> JobSummary:

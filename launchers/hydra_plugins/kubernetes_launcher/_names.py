@@ -1,6 +1,7 @@
 """Names, reserved keys and format rules that the renderer and the validator (``_problems``) share.
 
-The bottom of the plugin's import graph: plain constants and pure string functions, nothing else imported.
+The bottom of the plugin's import graph: plain constants and pure string functions (the rendezvous variables come
+from framework.distributed, the env contract's one home).
 """
 
 from __future__ import annotations
@@ -8,6 +9,8 @@ from __future__ import annotations
 import hashlib
 import re
 from typing import Any
+
+from framework.distributed import RENDEZVOUS_ENV  # the env contract's home (plain constants, no torch)
 
 MANAGED_BY = "framework-kubernetes-launcher"
 APP_NAME = "framework"
@@ -23,7 +26,6 @@ TMP_DIR = "/tmp"
 SHM_DIR = "/dev/shm"
 RESERVED_MOUNTS = (CONFIG_DIR, CACHE_DIR, TMP_DIR, SHM_DIR)
 
-RENDEZVOUS_ENV = ("MASTER_ADDR", "MASTER_PORT", "NNODES", "NODE_RANK", "NPROC_PER_NODE")
 CACHE_ENV = {
     "HOME": f"{CACHE_DIR}/home",
     "XDG_CACHE_HOME": CACHE_DIR,

@@ -17,6 +17,8 @@ from datetime import datetime, timezone
 
 from hydra_plugins.kubernetes_launcher._client import default_namespace  # the kubernetes client loads lazily
 
+from framework.errors import EXIT_INTERRUPTED
+
 
 def _age(created: str) -> str:
     try:
@@ -139,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -23,13 +23,13 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 from collections.abc import Iterable
 from typing import Any
 
-EXIT_USAGE = 2
-EXIT_PREEMPTED = 143
-EXIT_KILLED = 137
+from framework.errors import EXIT_KILLED, EXIT_PREEMPTED, EXIT_USAGE
+
 LEDGER = "restarts.json"
 
 
@@ -38,9 +38,9 @@ def exit_code(worker_codes: Iterable[int], crash: int = 1) -> int:
     codes = list(worker_codes)
     if EXIT_USAGE in codes:
         return EXIT_USAGE
-    if codes and all(c in (EXIT_PREEMPTED, -15) for c in codes):
+    if codes and all(c in (EXIT_PREEMPTED, -signal.SIGTERM) for c in codes):
         return EXIT_PREEMPTED
-    if any(c in (EXIT_KILLED, -9) for c in codes):
+    if any(c in (EXIT_KILLED, -signal.SIGKILL) for c in codes):
         return EXIT_KILLED
     return crash if codes else 0
 

@@ -294,19 +294,17 @@ def _outcome(job: Job, info: JobInfo) -> None:
 
 
 def _final_metrics(job: Job) -> dict[str, Any]:
-    """Final eval loss and throughput from the run's metrics.jsonl, when it is readable from here."""
+    """Final eval loss and throughput from the run's metrics, when they are readable from here."""
     try:
         from framework import storage
+        from framework.rundir import JobResult, read_metrics
 
         storage.configure_from_config(OmegaConf.create(job.plain["storage"]))
-        text = storage.read_text(storage.join(job.run_dir, "metrics.jsonl"))
-        rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+        found = JobResult.from_metrics("COMPLETED", job.run_dir, read_metrics(job.run_dir))
     except Exception as e:  # best effort: a run dir only the cluster sees gives '-' in the summary
         log.debug("no metrics for %s: %s", job.name, e)
         return {}
-    evals = [r["eval_loss"] for r in rows if "eval_loss" in r]
-    tps = [r["tokens_per_s"] for r in rows if "tokens_per_s" in r]
-    return {"eval_loss": evals[-1] if evals else None, "tokens_per_s": sum(tps) / len(tps) if tps else None}
+    return {"eval_loss": found.eval_loss, "tokens_per_s": found.tokens_per_s}
 
 
 def _interrupted(jobs: list[Job], clients: dict[str, RayJobs], policy: str) -> None:

@@ -25,7 +25,9 @@ def _get(cfg: DictConfig, key: str) -> Any:
 
 
 def is_remote(uri: str | None) -> bool:
-    return bool(uri) and "://" in str(uri) and not str(uri).startswith("file://")
+    from framework import storage
+
+    return bool(uri) and storage.is_remote(str(uri))
 
 
 def run_dir_problems(cfg: DictConfig) -> list[str]:

@@ -223,16 +223,13 @@ def run_on_ray(cfg: DictConfig, run_dir: str) -> dict[str, Any]:
 
 
 def _final(cfg: DictConfig, run_dir: str) -> dict[str, Any]:
-    import json
+    from framework.rundir import read_metrics
 
-    from framework import storage
-
-    path = storage.join(run_dir, "metrics.jsonl")
-    if not storage.exists(path):
+    rows = read_metrics(run_dir)
+    if not rows:
         return {}
-    rows = [json.loads(ln) for ln in storage.read_text(path).splitlines() if ln.strip()]
     evals = [r for r in rows if "eval_loss" in r]
-    return {"eval_loss": evals[-1]["eval_loss"] if evals else None, "steps": rows[-1]["step"] if rows else 0}
+    return {"eval_loss": evals[-1]["eval_loss"] if evals else None, "steps": rows[-1]["step"]}
 
 
 def _first_lines(e: BaseException, n: int = 12) -> str:

@@ -1,0 +1,53 @@
+"""One test per Hydra/OmegaConf private hook in framework.hydra_compat: an upgrade that breaks one fails here."""
+
+from __future__ import annotations
+
+import pickle
+
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.utils import JobReturn, JobStatus
+from omegaconf import OmegaConf
+
+from framework import hydra_compat
+from tests.unit.test_config import compose_cfg
+
+
+def test_no_mode_compose_patches_and_restores_get_mode() -> None:
+    from hydra._internal.hydra import Hydra
+
+    original = Hydra.get_mode
+    with hydra_compat.no_mode_compose(skip=True):
+        assert Hydra.get_mode is not original
+        assert Hydra.get_mode(None, config_name="config", overrides=[]) is None  # type: ignore[arg-type]
+    assert Hydra.get_mode is original
+    with hydra_compat.no_mode_compose(skip=False):
+        assert Hydra.get_mode is original
+
+
+def test_apply_overrides_uses_hydras_grammar() -> None:
+    cfg = compose_cfg()
+    parsed = OverridesParser.create().parse_overrides(["optim.lr=0.5", "+extra_key=1", "~lora"])
+    hydra_compat.apply_overrides(parsed, cfg)
+    assert cfg.optim.lr == 0.5 and cfg.extra_key == 1 and "lora" not in cfg
+
+
+def test_overrides_dirname_as_hydra_writes_it() -> None:
+    parsed = OverridesParser.create().parse_overrides(["optim.lr=0.5", "seed=3", "run_name=x"])
+    name = hydra_compat.overrides_dirname(parsed, kv_sep="=", item_sep=",", exclude_keys=["run_name"])
+    assert name == "optim.lr=0.5,seed=3"
+
+
+def test_detached_removes_then_restores_the_same_node() -> None:
+    cfg = OmegaConf.create({"hydra": {"job": {"num": 3}}, "train": {"max_steps": 2}})
+    node = cfg._get_node("hydra")
+    with hydra_compat.detached(cfg, "hydra") as task:
+        assert "hydra" not in task and task.train.max_steps == 2
+    assert cfg._get_node("hydra") is node and cfg.hydra.job.num == 3  # the node itself, not a copy
+    assert pickle.loads(pickle.dumps(cfg)).hydra.job.num == 3  # still a well-formed config
+
+
+def test_return_value_of_completed_and_failed_jobs() -> None:
+    done = JobReturn(status=JobStatus.COMPLETED, _return_value={"eval_loss": 1.0})
+    assert hydra_compat.return_value(done) == {"eval_loss": 1.0}
+    failed = JobReturn(status=JobStatus.FAILED, _return_value=RuntimeError("boom"))
+    assert hydra_compat.return_value(failed) is None
