@@ -161,7 +161,7 @@ def param_counts(cfg: Any) -> ParamCounts:
     lora = s.layers * sum(r * (a + b) for name, (a, b) in lin.items() if name in targets)
     if "lm_head" in targets:
         lora += r * (s.hidden + s.vocab)
-    if _get(cfg, "lora.use_dora", False):
+    if _get(cfg, "lora.use_dora"):
         # DoRA's magnitude vector: one trained value per output feature of each adapted module
         lora += s.layers * sum(b for name, (_, b) in lin.items() if name in targets)
         lora += s.vocab if "lm_head" in targets else 0
@@ -243,7 +243,7 @@ def layer_activation_bytes(cfg: Any, *, first: bool = False) -> float:
     mask = 1 if cuda else b  # dropout mask: bool on CUDA, the input dtype on CPU
     shared = fastpath.resolve(cfg).fused_lora_inputs  # a fused group drops out one copy for all its members
     groups = ((QKV, h, True), (("o_proj",), q, False), (GATE_UP, h, True), (("down_proj",), i, True))
-    if _get(cfg, "lora.use_dora", False):
+    if _get(cfg, "lora.use_dora"):
         # DoRA keeps the base output and the adapter output for the magnitude's gradient, and about one more
         # input-sized tensor per module (measured on CPU: within 15% above, tests/unit/test_lora_variants.py).
         lin = s.linears()
@@ -321,7 +321,7 @@ def estimate(cfg: Any) -> Estimate:
 
     # ZeRO-3: this process's shard, plus the layer in use and the one being prefetched.
     weights = b * pc.total / world + 2 * b * s.layer_params() if stage == 3 else float(b * pc.total)
-    if _get(cfg, "model.load_in_4bit", False):
+    if _get(cfg, "model.load_in_4bit"):
         # QLoRA: the decoder's linear weights in NF4 with double-quantized constants; embeddings, LM head and
         # norms stay in the model dtype (transformers keeps the output embeddings unquantized).
         linear = s.layers * sum(a * o for a, o in s.linears().values())
