@@ -115,7 +115,7 @@ def task(cfg: DictConfig) -> dict[str, Any]:
         cfg = check(cfg, gpu_count=_gpu_count)
         if multirun and cfg.storage.output_uri:  # a sweep job: its own run dir, recorded in its config
             cfg.storage.output_uri = sweep_output_uri(str(cfg.storage.output_uri), HydraConfig.get().job.num)
-        from framework.rundir import run_dir_for  # storage and fsspec: only once a run starts
+        from framework.rundir import run_dir_for  # imports storage: only once a run starts
 
         if cfg.launcher.name == "local" and cfg.hardware.nproc_per_node > 1 and not dist.under_torchrun():
             return spawn_torchrun(cfg, run_dir_for(cfg))

@@ -33,7 +33,7 @@ ENV_CA = "KUBEFLOW_TRAINER_SERVER_CA_CERT"
 ENV_TOKEN = "KUBEFLOW_TRAINER_SERVER_TOKEN"
 MIN_INTERVAL_S = 5.0  # Trainer asks clients for >= 5 s between updates
 TIMEOUT_S = 5.0  # per request
-# metrics.jsonl keys reported (status.trainerStatus.metrics: names <= 64 chars, values strings <= 64 chars)
+# Metrics keys reported (status.trainerStatus.metrics: names <= 64 chars, values strings <= 64 chars)
 METRICS = ("loss", "eval_loss", "perplexity", "lr", "tokens_per_s")
 
 
@@ -66,7 +66,7 @@ class TrainerStatusReporter:
 
     # ------------------------------------------------------------------------------------------ state
     def report(self, row: Mapping[str, Any]) -> None:
-        """Take one metrics.jsonl row (train or eval line); queue the status it implies."""
+        """Take one metrics row (train or eval line); queue the status it implies."""
         if "step" in row:
             self._step = int(row["step"])
         for key in METRICS:

@@ -4,7 +4,7 @@ Nothing is trained and nothing is exported. Reads every example of ``dataset.pat
 format), generates greedily with ``framework.generate`` (the prompt template as in training), and writes
 ``eval/metrics.json`` (loss, perplexity, exact match; accuracy, per-label and macro precision/recall/F1 and the
 confusion matrix when the references are labels) and ``eval/predictions.jsonl`` to its run directory, one line
-to ``metrics.jsonl`` and the trackers. See ``framework/evaluation.py`` for how each metric is computed.
+to the run's metrics file and the trackers. See ``framework/evaluation.py`` for how each metric is computed.
 
     python -m framework recipe=evaluate eval.run=outputs/run dataset=jsonl dataset.path=test.jsonl
     python -m framework recipe=evaluate eval.run=outputs/run eval.best=true eval.labels=[positive,negative] ...
