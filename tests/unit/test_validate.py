@@ -104,7 +104,7 @@ def test_launcher_table(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
     cfg = compose_cfg("launcher.name=kubernetes", "train.max_steps=0")
     assert v.validate(cfg, check_local_paths=False) == [
         "train.max_steps=0 must be >= 1",
-        "launcher.namespace=default is bad",
+        f"launcher.namespace={cfg.launcher.namespace} is bad",
     ]
     # A plugin that predates its _problems module contributes nothing; a broken plugin is reported.
     monkeypatch.setitem(v.LAUNCHER_PROBLEMS, "kubernetes", "fake_launcher_problems_absent:launcher_problems")
