@@ -142,7 +142,7 @@ def test_every_part_switches_off() -> None:
         "launcherDefaults.enabled=false",
     )
     assert template(sets=off) == []
-    on = {o["kind"] for o in template(CHART / "values-production.yaml")}
+    on = {o["kind"] for o in template(CHART / "values-production.yaml", sets=("namespace.create=true",))}
     assert on == {
         "Namespace",
         "ServiceAccount",
@@ -161,6 +161,14 @@ def test_every_part_switches_off() -> None:
         "PodMonitor",
         "PrometheusRule",
     }
+
+
+def test_a_created_namespace_enforces_restricted_pod_security() -> None:
+    objs = template(sets=("namespace.create=true", "namespace.name=team-b"))
+    (ns,) = by_kind(objs, "Namespace")
+    assert ns["metadata"]["name"] == "team-b"
+    assert ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+    assert {o["metadata"].get("namespace") for o in objs if o["kind"] != "Namespace"} == {"team-b"}
 
 
 def test_jobs_get_no_service_account_or_rules_by_default() -> None:
