@@ -235,11 +235,11 @@ def test_launch_stops_before_submitting_and_exits_2(tmp_path: Path) -> None:
         assert proc.returncode == 2, proc.stdout + proc.stderr
         assert "Traceback" not in proc.stderr
         assert "Secret default/hf-token not found (env HF_TOKEN)" in proc.stderr
-        assert kube.names("jobs") == [] and kube.names("configmaps") == []
+        assert kube.names("jobsets") == kube.names("jobs") == kube.names("configmaps") == []
         proc = run_cli(
             ["launcher=kubernetes", "launcher.hf_token_secret=hf-token:token", "launcher.preflight=false",
              "launcher.follow=false"],
             tmp_path, env=env,
         )  # fmt: skip
         assert proc.returncode == 0, proc.stdout + proc.stderr
-        assert len(kube.names("jobs")) == 1
+        assert len(kube.names("jobsets") + kube.names("jobs")) == 1
