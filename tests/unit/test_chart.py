@@ -14,11 +14,12 @@ from typing import Any
 
 import pytest
 import yaml
-from hydra_plugins.kubernetes_launcher import _client
+from hydra_plugins.kubernetes_launcher import _chart_defaults, _client, cli
 from hydra_plugins.kubernetes_launcher._backends import BACKENDS, JobParts
 from hydra_plugins.kubernetes_launcher._client import JobClient, KubernetesError
 from hydra_plugins.kubernetes_launcher._render import _view, job_name, main_object, pod_templates, render
 from kubernetes.client.exceptions import ApiException
+from omegaconf import OmegaConf
 
 from framework.config import resolved
 from tests.fixtures.chart import CHART, NS, run_helm, template
@@ -286,7 +287,7 @@ def test_launcher_defaults_are_launcher_settings_that_render() -> None:
     assert settings["namespace"] == NS and settings["s3_secret"] == "framework-s3"
     assert settings["run_dir_pvc"] == "framework-outputs" and settings["run_dir"] == "/workspace/runs"
     assert settings["pvcs"] == {"framework-datasets": "/data", "framework-hf-cache": "/hf-cache"}
-    overrides = [f"++launcher.{key}={hydra_value(value)}" for key, value in settings.items()]
+    overrides = _chart_defaults.overrides(cm["data"]["launcher.yaml"])
     cfg = compose("hardware=cpu", *overrides)
     name = job_name(str(cfg.run_name), sweep_id="s0", job_index=0)
     objs = render(cfg, job_name=name, sweep_id="s0", job_index=0, git_commit=None)
@@ -300,13 +301,25 @@ def test_launcher_defaults_are_launcher_settings_that_render() -> None:
     assert pod["imagePullSecrets"] == [{"name": "registry-pull"}]
 
 
-def hydra_value(value: Any) -> str:
-    """A value in Hydra's override grammar (strings quoted, so paths and 'name:key' stay strings)."""
-    if isinstance(value, dict):
-        return "{" + ",".join(f"{k}:{hydra_value(v)}" for k, v in value.items()) + "}"
-    if isinstance(value, list):
-        return "[" + ",".join(hydra_value(v) for v in value) + "]"
-    return f"'{value}'"
+def test_framework_jobs_defaults_reads_the_release_back(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ConfigMap helm rendered, served by the fake API server: `framework-jobs defaults` prints overrides
+    that compose into the same launcher settings."""
+    (cm,) = [
+        o
+        for o in by_kind(template(CHART / "values-production.yaml"), "ConfigMap")
+        if o["metadata"]["name"] == "framework-launcher-defaults"
+    ]
+    with FakeKube(namespaces=(NS,)) as kube:
+        kube.put("configmaps", cm)
+        monkeypatch.setenv("KUBECONFIG", str(kube.write_kubeconfig(tmp_path / "kubeconfig")))
+        assert cli.main(["defaults", "-n", NS]) == 0
+    printed = capsys.readouterr().out.split()
+    cfg = compose("hardware=cpu", *printed)
+    settings = yaml.safe_load(cm["data"]["launcher.yaml"])
+    for key, value in settings.items():
+        assert OmegaConf.to_container(cfg.launcher)[key] == value, key
 
 
 # ------------------------------------------------------------------------------- launcher RBAC == client

@@ -6,6 +6,7 @@
     framework-jobs cancel NAME [-n NAMESPACE] [--yes]
     framework-jobs list|status|logs|cancel ... --ray ADDRESS   # launcher=ray jobs (hydra_plugins.ray_launcher.cli)
     framework-jobs gc [-n NAMESPACE] [--dry-run]     # what `kubectl apply -f manifests.yaml` left behind
+    framework-jobs defaults [-n NAMESPACE]           # the chart release's launcher settings, as overrides
 
 Exit codes: 0 ok, 1 an API or cluster error (one line on stderr), 2 usage.
 """
@@ -62,6 +63,12 @@ def parser() -> argparse.ArgumentParser:
         help="delete ConfigMaps/Services/... of jobs that no longer exist (kubectl apply)",
     )
     gc.add_argument("--dry-run", action="store_true", help="only list what would be deleted")
+    defaults = sub.add_parser(
+        "defaults",
+        parents=[common],
+        help="print the launcher settings of the namespace's dockerfiles/chart release as Hydra overrides",
+    )
+    defaults.add_argument("--configmap", default="framework-launcher-defaults", help="launcherDefaults.name")
     for name, text in (
         ("status", "phase and pods of a job"),
         ("logs", "a pod's logs"),
@@ -114,6 +121,10 @@ def run(args: argparse.Namespace) -> int:
         if info.permanent_failure:
             return 2
         return 1 if info.phase == "Failed" else 0
+    elif args.command == "defaults":
+        from hydra_plugins.kubernetes_launcher import _chart_defaults
+
+        print(" ".join(_chart_defaults.read(jobs, args.configmap)))
     elif args.command == "gc":
         gone = jobs.gc(dry_run=args.dry_run)
         verb = "Would delete" if args.dry_run else "Deleted"
