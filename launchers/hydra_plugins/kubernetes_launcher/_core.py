@@ -272,9 +272,11 @@ def launch(
             print(line)
             job.log(line)
     if live:
-        _run(live)
-        if len(live) > 1 and live[0].launcher.follow:
-            print(format_summary([_summary(j) for j in jobs]), flush=True)
+        _run(live)  # the sweep summary: framework.sweep.SweepSummaryCallback, from on_job_end below
+        if len(jobs) > 1 and any(j.status == "FAILED" for j in jobs):
+            # Hydra's basic sweeper raises at the first FAILED JobReturn, before on_multirun_end: the callback's
+            # summary would never print, so this sweep's is printed here.
+            print(format_summary([JobSummary.from_return(j.overrides, j.status, _value(j)) for j in jobs]))
     returns = []
     for job in jobs:
         ret = _job_return(job)
@@ -506,11 +508,6 @@ def _value(job: Job) -> dict[str, Any]:
         manifests=str(job.out_dir / "manifests.yaml"),
         message=job.message,
     )
-
-
-def _summary(job: Job) -> JobSummary:
-    value = _value(job)
-    return JobSummary.from_return(job.overrides, job.status, value)
 
 
 def _job_return(job: Job) -> JobReturn:
