@@ -160,10 +160,11 @@ def _read_dir(uri: str, path: Path, key: str, split: str | None) -> Table:
             "dataset=mixture with one source per format)"
         )
     shards = [p for p in files if builder_for(p.name)]
+    builder = str(next(iter(kinds)))
     parts: list[Part] = []
     tables = []
     for p in shards:
-        t = _load(kinds.copy().pop() or "json", p, str(p))
+        t = _load(builder, p, str(p))
         parts.append(Part(str(p), sum(x.n for x in parts), len(t)))
         tables.append(t)
     try:
