@@ -184,6 +184,9 @@ class DatasetConfig:
         False  # true: training refuses to tokenize; run `python -m framework.prepare` first
     )
     sources: list[MixtureSource] = field(default_factory=list)  # dataset=mixture: the weighted sources
+    # When a mixture's training split ends: first_exhausted (when a source runs out; nothing repeats) |
+    # all_exhausted (when every source has been used once; smaller sources repeat to keep their share)
+    mixture_stop: str = "first_exhausted"
 
 
 @dataclass

@@ -99,6 +99,7 @@ def settings(ds: DictConfig, seed: int) -> dict[str, Any]:
         "overlong": str(ds.overlong),
         "max_row_chars": int(ds.get("max_row_chars", 1_000_000)),
         "seed": int(seed),
+        "mixture_stop": str(ds.get("mixture_stop", "first_exhausted")),
     }
 
 
@@ -223,15 +224,21 @@ def build(ds: DictConfig, tokenizer: Any, seed: int) -> Built:
         reports[0].mixed_examples = len(train)
         reports[0].mixed_tokens = sum(len(t.input_ids) for t in train)
         return Built(train, val, reports)
-    train = mix([t for t, _ in per], [r.weight for r in reports], seed, reports)
+    stop = str(ds.get("mixture_stop", "first_exhausted"))
+    train = mix([t for t, _ in per], [r.weight for r in reports], seed, reports, stop)
     return Built(train, [v for _, v in per for v in v], reports)
 
 
 def mix(
-    parts: list[list[Tokenized]], weights: list[float], seed: int, reports: list[SourceReport]
+    parts: list[list[Tokenized]],
+    weights: list[float],
+    seed: int,
+    reports: list[SourceReport],
+    stop: str = "first_exhausted",
 ) -> list[Tokenized]:
     """Draw the training split from the sources with probability proportional to their weights, example by
-    example (``datasets.interleave_datasets``, stopping when the first source runs out: no example repeats)."""
+    example (``datasets.interleave_datasets``), until the first source runs out (no example repeats) or, with
+    ``all_exhausted``, until every source has been used once (smaller sources repeat)."""
     import datasets
 
     total = sum(weights)
@@ -239,9 +246,7 @@ def mix(
     index = [
         datasets.Dataset.from_dict({"s": [i] * len(p), "k": list(range(len(p)))}) for i, p in enumerate(parts)
     ]
-    order = datasets.interleave_datasets(
-        index, probabilities=probs, seed=seed, stopping_strategy="first_exhausted"
-    )
+    order = datasets.interleave_datasets(index, probabilities=probs, seed=seed, stopping_strategy=stop)
     drawn = list(zip(column(order, "s"), column(order, "k"), strict=True))
     picked = [parts[s][k] for s, k in drawn]
     counts = [0] * len(parts)

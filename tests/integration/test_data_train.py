@@ -58,7 +58,7 @@ def test_every_format_and_row_style_trains(tmp_path: Path) -> None:
     assert [(r["name"], r["format"]) for r in info["sources"]] == [
         (f"{fmt}-{style}", fmts.get(style, style)) for fmt, style in SOURCES
     ]
-    assert all(r["mixed_examples"] > 0 and r["val_examples"] > 0 for r in info["sources"])
+    assert all(r["mixed_examples"] > 0 and r["val_examples"] > 0 for r in info["sources"]), info["sources"]
     metrics = read_metrics(run_dir)
     assert [m["step"] for m in metrics if "loss" in m] == [1, 2, 3]
     assert "eval_loss" in metrics[-1]

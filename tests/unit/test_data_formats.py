@@ -66,13 +66,13 @@ def write(fmt: str, rows: list[dict], root: Path) -> str:
     if fmt == "jsonl_shards":
         for k in range(2):
             (root / "shards").mkdir(exist_ok=True)
-            part = rows[k * N // 2 : (k + 1) * N // 2]
+            part = rows[k * len(rows) // 2 : (k + 1) * len(rows) // 2]
             (root / "shards" / f"part-{k}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in part))
         return str(root / "shards")
     if fmt == "parquet_shards":
         (root / "pq").mkdir(exist_ok=True)
         for k in range(2):
-            datasets.Dataset.from_list(rows[k * N // 2 : (k + 1) * N // 2]).to_parquet(
+            datasets.Dataset.from_list(rows[k * len(rows) // 2 : (k + 1) * len(rows) // 2]).to_parquet(
                 str(root / "pq" / f"{k}.parquet")
             )
         return str(root / "pq")

@@ -102,3 +102,12 @@ def test_prepare_reports_shares(files, tmp_path: Path, capsys: pytest.CaptureFix
     assert "a.jsonl (alpaca," in out and "chats (chat," in out
     assert "(weight 75.0%)" in out and "(weight 25.0%)" in out and "shares are by examples" in out
     assert out.strip().splitlines()[-1].startswith(str(tmp_path / "cache" / "mixture-"))
+
+
+def test_all_exhausted_repeats_the_smaller_source_to_keep_its_share(files, tok) -> None:
+    ds = mixture(files, (1.0, 3.0))
+    ds.mixture_stop = "all_exhausted"
+    built = build(ds, tok, seed=7)
+    drawn = [source_of(tok, e) for e in built.train]
+    assert drawn.count("alpaca") >= N * 95 // 100  # every alpaca example used at least once
+    assert abs(drawn.count("chat") / len(drawn) - 0.75) < 0.02
