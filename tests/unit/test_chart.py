@@ -475,3 +475,64 @@ def test_role_for_several_backends_is_the_union() -> None:
     assert {"kind": "Group", "name": "team-a-ml", "apiGroup": "rbac.authorization.k8s.io"} in binding[
         "subjects"
     ]
+
+
+@pytest.mark.parametrize("preflight_rbac", [True, False])
+def test_preflight_rbac_lets_every_check_run(preflight_rbac: bool) -> None:
+    """launcher.rbac.preflight=true: under the chart's Role + ClusterRole (RBAC enforced, resourceNames too) no
+    preflight check is skipped, and a set-up namespace passes; without it the reads are skipped, not failed."""
+    from hydra_plugins.kubernetes_launcher import _preflight
+
+    objs_chart = template(
+        CHART / "values-production.yaml", sets=(f"launcher.rbac.preflight={str(preflight_rbac).lower()}",)
+    )
+    rules = [r for o in objs_chart if o["kind"] in ("Role", "ClusterRole") for r in o["rules"]]
+    allowed = {
+        (g, r, v, n)
+        for rule in rules
+        for g in rule["apiGroups"]
+        for r in rule["resources"]
+        for v in rule["verbs"]
+        for n in rule.get("resourceNames") or [None]
+    }
+    cluster_path = re.compile(
+        r"^/(?:api/v1|apis/(?P<group>[^/]+)/[^/]+)/(?P<plural>[^/]+)(?:/(?P<name>[^/]+))?$"
+    )
+
+    def need(method: str, path: str, query: list[tuple[str, Any]]) -> tuple[str, str, str, str | None] | None:
+        m = _PATH.match(path) or cluster_path.match(path)
+        if m is None or path.endswith("selfsubjectaccessreviews"):
+            return None  # non-resource, or allowed to every authenticated user
+        d = m.groupdict()
+        name = d.get("name")
+        verb = "get" if name else ("watch" if ("watch", "true") in query else "list")
+        return (
+            d["group"] or "",
+            d["plural"] + (f"/{d['sub']}" if d.get("sub") else ""),
+            VERB.get(method, verb),
+            name,
+        )
+
+    with FakeKube(namespaces=(NS,)) as kube:
+        for s in ("hf-token", "framework-s3", "registry-pull", "tracker-keys"):
+            kube.put("secrets", {"metadata": {"name": s, "namespace": NS}, "data": {"token": "eA=="}})
+        api = kube.api_client()
+        call = api.call_api
+
+        def authorized(path: str, method: str, *args: Any, **kw: Any) -> Any:
+            n = need(method, path, list(kw.get("query_params") or []))
+            if n is not None and n not in allowed and (*n[:3], None) not in allowed:
+                e = ApiException(status=403, reason="Forbidden")
+                e.body = json.dumps({"kind": "Status", "code": 403, "message": f"forbidden: {n}"})
+                raise e
+            return call(path, method, *args, **kw)
+
+        api.call_api = authorized
+        cfg = compose("hardware=cpu", f"launcher.namespace={NS}", "launcher.hf_token_secret=hf-token:token")
+        name = job_name(str(cfg.run_name), sweep_id="s0", job_index=0)
+        objs = render(cfg, job_name=name, sweep_id="s0", job_index=0, git_commit=None)
+        client = JobClient(NS, backend=str(cfg.launcher.backend), api_client=api, retries=1)
+        pf = _preflight.Preflight(client, objs, cfg)
+        found = pf.run()
+    assert found == []
+    assert (pf.skipped == []) is preflight_rbac, pf.skipped
