@@ -239,6 +239,13 @@ def test_generate_from_run_export_and_pretrained_dir(lora_run: Path, tmp_path: P
         plain(f"<|user|>{prompts[0]}\n<|assistant|>"),
         plain(f"<|system|>Be brief.\n<|user|>{prompts[1]}\n<|assistant|>"),
     ]
+    # The interactive chat: each turn is the whole conversation through the chat template.
+    res = subprocess.run(
+        [sys.executable, "-m", "framework.generate", str(pre), "--chat", "--max-new-tokens", "12"],
+        input=f"{prompts[0]}\n\n", capture_output=True, text=True, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.splitlines()[0].removeprefix("> ") == plain(f"<|user|>{prompts[0]}\n<|assistant|>")
     # Sampling is seeded: the same seed gives the same text.
     loaded = load(str(pre))
     sample = Settings(max_new_tokens=8, do_sample=True, temperature=1.5, seed=3)
@@ -246,3 +253,29 @@ def test_generate_from_run_export_and_pretrained_dir(lora_run: Path, tmp_path: P
         loaded.model, loaded.tokenizer, ["x"], sample
     )
     del torch
+
+
+def test_export_from_and_to_s3(lora_run: Path, tmp_path: Path, s3_env: str, s3_bucket: str) -> None:
+    """A run dir on S3 (moto) exports like a local one: merged locally, and the adapter written to S3."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from framework import storage
+    from framework.export import export
+
+    remote = f"{s3_bucket}/runs/x"
+    storage.upload_dir(lora_run, remote)
+    local = export(remote, merge=True, out=str(tmp_path / "merged"))
+    assert local.kind == "merged"
+    a = logits(AutoModelForCausalLM.from_pretrained(local.out))
+    assert torch.equal(a, logits(AutoModelForCausalLM.from_pretrained(str(lora_run / "export" / "merged"))))
+    up = export(remote, step=30)  # default out: beside the run, on S3
+    assert up.out == f"{remote}/export/adapter-step_30"
+    files = set(storage.listdir(up.out))
+    assert {"adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "export.json"} <= files
+    cfg = json.loads(storage.read_text(f"{up.out}/adapter_config.json"))
+    assert cfg["base_model_name_or_path"] == f"{remote}/base"  # the base beside the run, on S3
+    from framework.errors import UsageError
+
+    with pytest.raises(UsageError, match="already exists"):
+        export(remote, step=30)

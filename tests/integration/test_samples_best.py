@@ -1,5 +1,6 @@
 """During training: the step-0 eval, eval.samples=N at every eval (samples.jsonl, TensorBoard text, MLflow
-tables), and train.keep_best keeping the best checkpoint beside the last one, which export --best exports."""
+tables), train.keep_best keeping the best checkpoint beside the last one (which export --best exports), and the
+final adapter registered in MLflow's registry with the run's metrics."""
 
 from __future__ import annotations
 
@@ -23,7 +24,8 @@ def test_samples_at_every_eval_and_best_checkpoint_kept(tmp_path: Path) -> None:
     res = run_cli(
         ["train.max_steps=12", "train.eval_interval=3", "train.checkpoint_interval=6", "train.keep_last=1",
          "train.keep_best=true", "eval.samples=2", "eval.samples_max_new_tokens=6",
-         "tracking=[tensorboard,mlflow]", "train.progress=false", f"hydra.run.dir={run}"],
+         "tracking=[tensorboard,mlflow]", "tracking.mlflow.register_as=tiny", "train.progress=false",
+         f"hydra.run.dir={run}"],
         cwd=tmp_path,
     )  # fmt: skip
     assert res.returncode == 0, res.stderr[-3000:]
@@ -44,6 +46,9 @@ def test_samples_at_every_eval_and_best_checkpoint_kept(tmp_path: Path) -> None:
     (mrun,) = client.search_runs([client.get_experiment_by_name("framework").experiment_id])
     tables = sorted(a.path for a in client.list_artifacts(mrun.info.run_id, "samples"))
     assert tables == [f"samples/step_{s:06d}.json" for s in (0, 3, 6, 9, 12)]
+    (version,) = client.search_model_versions("name = 'tiny'")  # the final adapter, with the run's metrics
+    assert version.run_id == mrun.info.run_id and version.tags["framework.artifact"] == "adapter"
+    assert float(version.tags["metric.eval_loss"]) == pytest.approx(evals[12])
 
     best_step = min((loss, s) for s, loss in evals.items() if s > 0)[1]
     ckpts = run / "checkpoints"

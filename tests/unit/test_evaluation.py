@@ -75,3 +75,46 @@ def test_chat_template_renders_the_training_prompt() -> None:
     assert tpl.render(messages=chat, eos_token="</s>") == (
         "### Q {x}:\nBe brief.\n\n1\n\n### A:\none</s>### Q {x}:\n2\n\n### A:\n"
     )
+
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}</s>{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+
+
+def test_chat_test_set_prompts_references_and_loss_rows(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A chat test set: the prompt is the conversation before the last assistant turn (the reference), rendered
+    by the data pipeline with the generation prompt; the loss rows train on that last turn only."""
+    import json
+
+    from transformers import AutoTokenizer
+
+    from framework.config import package_path
+    from framework.evaluation import test_set
+
+    path = tmp_path / "test.jsonl"
+    chats = [
+        [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}],
+        [
+            {"role": "system", "content": "be brief"},
+            {"role": "user", "content": "2+2?"},
+            {"role": "assistant", "content": "4"},
+            {"role": "user", "content": "3+3?"},
+            {"role": "assistant", "content": "6"},
+        ],
+    ]
+    path.write_text("".join(json.dumps({"messages": c}) + "\n" for c in chats))
+    tok = AutoTokenizer.from_pretrained(package_path("pkg://framework.data/sample/tokenizer"))
+    ds = OmegaConf.create(
+        {"name": "chat", "path": str(path), "format": "chat", "chat_template": CHAT_TEMPLATE, "max_seq_len": 256,
+         "overlong": "truncate", "train_on": "assistant"}
+    )  # fmt: skip
+    prompts, refs, rows = test_set(ds, tok)
+    assert refs == ["hello", "6"]
+    assert prompts == [
+        "<|user|>hi</s><|assistant|>",
+        "<|system|>be brief</s><|user|>2+2?</s><|assistant|>4</s><|user|>3+3?</s><|assistant|>",
+    ]
+    trained = [tok.decode([t for t in r.labels if t != -100]) for r in rows]
+    assert [t.replace(" ", "") for t in trained] == ["hello</s>", "6</s>"]
