@@ -95,13 +95,12 @@ class Run:
         return sorted(steps)
 
     def eval_losses(self) -> dict[int, float]:
-        """``{step: eval_loss}`` from the run's metrics (the last line of a step wins; a torn line is dropped)."""
+        """``{step: eval_loss}`` from the run's metrics (the last line of a step wins)."""
         from framework.rundir import read_metrics
 
+        rows = read_metrics(self.uri)
         return {
-            int(rec["step"]): float(rec["eval_loss"])
-            for rec in read_metrics(self.uri)
-            if isinstance(rec.get("eval_loss"), int | float)
+            int(r["step"]): float(r["eval_loss"]) for r in rows if isinstance(r.get("eval_loss"), int | float)
         }
 
     def best_step(self) -> int:

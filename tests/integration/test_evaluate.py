@@ -79,6 +79,23 @@ def test_evaluate_beats_majority_and_matches_sklearn(
     line = read_metrics(out)[-1]
     assert line["accuracy"] == m["accuracy"] and line["eval_loss"] == m["eval_loss"]
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+    # Under torchrun (2 processes, each its share of the rows): the same predictions and metrics.
+    out2 = tmp_path / "eval2"
+    res = run_cli(
+        ["recipe=evaluate", f"eval.run={run}", *DATA, f"dataset.path={test}", "hardware.nproc_per_node=2",
+         f"hydra.run.dir={out2}"],
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert (out2 / "eval" / "predictions.jsonl").read_text() == (
+        out / "eval" / "predictions.jsonl"
+    ).read_text()
+    m2 = json.loads((out2 / "eval" / "metrics.json").read_text())
+    assert {k: m2[k] for k in ("accuracy", "macro_f1", "exact_match")} == {
+        k: m[k] for k in ("accuracy", "macro_f1", "exact_match")
+    }
+    assert m2["eval_loss"] == pytest.approx(m["eval_loss"], rel=1e-5)
+
     from framework import report
 
     assert report.main([str(out), "--out", str(tmp_path / "r.png")]) == 0

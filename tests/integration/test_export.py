@@ -279,3 +279,32 @@ def test_export_from_and_to_s3(lora_run: Path, tmp_path: Path, s3_env: str, s3_b
 
     with pytest.raises(UsageError, match="already exists"):
         export(remote, step=30)
+
+
+def test_full_finetune_export_and_generate(tmp_path: Path) -> None:
+    """A full fine-tune: its model/ and a checkpoint export as HF models; --merge is refused; generate reads it."""
+    from transformers import AutoModelForCausalLM
+
+    from framework.export import export
+    from framework.generate import Settings, format_prompt, generate, load
+
+    run = tmp_path / "full"
+    res = run_cli(
+        ["recipe=full_finetune", "train.max_steps=4", "train.checkpoint_interval=2", "train.eval_interval=2",
+         "train.progress=false", f"hydra.run.dir={run}"],
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
+    reference = logits(AutoModelForCausalLM.from_pretrained(str(run / "model")))
+    final = export(str(run))
+    assert final.kind == "model" and final.out == str(run / "export" / "model")
+    assert (logits(AutoModelForCausalLM.from_pretrained(final.out)) - reference).abs().max() < 1e-5
+    step4 = export(str(run), step=4, out=str(tmp_path / "s4"))
+    assert (logits(AutoModelForCausalLM.from_pretrained(step4.out)) - reference).abs().max() < 1e-5
+    loaded = load(str(run))
+    text = format_prompt("Add 2 and 3.", loaded.tokenizer, loaded.dataset)
+    exported = load(final.out)
+    s = Settings(max_new_tokens=8)
+    assert generate(loaded.model, loaded.tokenizer, [text], s) == generate(
+        exported.model, exported.tokenizer, [text], s
+    )
