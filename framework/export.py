@@ -431,6 +431,11 @@ def write_hf_model(model: Any, tokenizer: Any, out: Path, dtype: str, max_shard_
         single.rename(out / shard)
         index = {"metadata": {"total_size": _tensor_bytes(model)}, "weight_map": dict.fromkeys(names, shard)}
         (out / INDEX).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+    config = json.loads((out / "config.json").read_text())
+    if "dtype" in config and "torch_dtype" not in config:
+        # transformers >= 4.56 writes `dtype`; serving stacks on older transformers (vLLM pins) read `torch_dtype`
+        config["torch_dtype"] = config["dtype"]
+        (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     tokenizer.save_pretrained(str(out))
 
 

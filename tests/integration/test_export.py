@@ -139,7 +139,10 @@ def test_export_layout_for_serving(lora_run: Path, tmp_path: Path) -> None:
             assert {str(f.get_slice(k).get_dtype()) for k in f.keys()} == {"BF16"}  # noqa: SIM118
     assert index["weight_map"] == stored
     config = json.loads((out / "config.json").read_text())
-    assert config["architectures"] == ["LlamaForCausalLM"] and config["dtype"] == "bfloat16"
+    assert (
+        config["architectures"] == ["LlamaForCausalLM"]
+        and config["dtype"] == config["torch_dtype"] == "bfloat16"
+    )
     gen = json.loads((out / "generation_config.json").read_text())
     tok = json.loads((out / "tokenizer_config.json").read_text())
     assert gen["eos_token_id"] == config["eos_token_id"] and tok["eos_token"] == "</s>"
