@@ -150,6 +150,23 @@ def _save_hydra_files(job: Job) -> None:
     (out / "overrides.yaml").write_text(config_yaml(list(job.overrides)))  # type: ignore[arg-type]
 
 
+def _task_cfg(cfg: DictConfig) -> DictConfig:
+    """The job's config without its hydra node (a pickled copy: ~3x faster than OmegaConf.create or deepcopy)."""
+    from hydra_plugins.kubernetes_launcher._compose import clone
+
+    task = clone(cfg)
+    with read_write(task), open_dict(task):
+        del task["hydra"]
+    return task
+
+
+def _set_hydra_config(cfg: DictConfig) -> None:
+    """HydraConfig for a job's callbacks, as run_job sets it, without set_config's masked copy of the config
+    (~20 ms a job): the job's own config, its hydra node read-only."""
+    OmegaConf.set_readonly(cfg.hydra, True)
+    HydraConfig.instance().cfg = cfg  # type: ignore[assignment]
+
+
 def render_jobs(
     launcher: KubernetesLauncher, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
 ) -> list[Job]:
@@ -260,7 +277,7 @@ def launch(
             job.log(f"WARNING {text}")
     for job in jobs:
         if callbacks is not None:  # Hydra's contract: around every job, with the job's config
-            HydraConfig.instance().set_config(job.cfg)
+            _set_hydra_config(job.cfg)
             callbacks.on_job_start(config=job.cfg, task_function=launcher.task_function)
         if job.launcher.dry_run:
             job.status = "DRY_RUN"
@@ -282,7 +299,7 @@ def launch(
         ret = _job_return(job)
         job.log(f"{job.status}: {job.message}" if job.message else job.status)
         if callbacks is not None:
-            HydraConfig.instance().set_config(job.cfg)
+            _set_hydra_config(job.cfg)
             callbacks.on_job_end(config=job.cfg, job_return=ret)
         returns.append(ret)
     return returns
@@ -515,7 +532,7 @@ def _job_return(job: Job) -> JobReturn:
 
     ret = JobReturn(
         overrides=job.overrides,
-        cfg=OmegaConf.create(job.plain),  # as a task sees it: no hydra node (Hydra's contract)
+        cfg=_task_cfg(job.cfg),  # as a task sees it: no hydra node (Hydra's contract)
         hydra_cfg=job.cfg,  # its hydra node, without a copy (read-only for the caller)
         working_dir=str(job.out_dir),
         task_name=JobRuntime.instance().get("name"),
