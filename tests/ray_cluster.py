@@ -104,7 +104,8 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
-def start_cluster() -> RayCluster:
+def start_cluster(extra_env: dict[str, str] | None = None) -> RayCluster:
+    """``extra_env``: what the cluster's own processes have (on Kubernetes: its pods' Secret references)."""
     import secrets
 
     token = secrets.token_hex(16)
@@ -121,6 +122,7 @@ def start_cluster() -> RayCluster:
         "RAY_USAGE_STATS_ENABLED": "0",
         "FRAMEWORK_CACHE": str(temp_dir / "cache"),
         "OMP_NUM_THREADS": "1",
+        **(extra_env or {}),
     }
     cmd = [
         str(BIN / "ray"), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={gcs}",
@@ -146,8 +148,11 @@ def start_cluster() -> RayCluster:
 
 
 @pytest.fixture(scope="session")
-def ray_cluster() -> Iterator[RayCluster]:
-    cluster = start_cluster()
+def ray_cluster(s3_server: str) -> Iterator[RayCluster]:
+    """The cluster; its processes hold the S3 (moto) credentials, as a KubeRay cluster's pods would."""
+    from tests.s3_fixtures import aws_env
+
+    cluster = start_cluster(aws_env(s3_server))
     try:
         yield cluster
     finally:

@@ -234,7 +234,7 @@ def test_bad_data_inside_the_job_exits_2_without_retry(
     )  # fmt: skip
     out = res.stdout + res.stderr
     assert res.returncode == 2, out[-5000:]
-    assert f"{bad}:2" in out  # the DataError names the file and line
+    assert str(bad) in out and "line 2" in out  # the DataError names the file and line
     assert "driver exit code 2" in out and "not retried" in out
     assert out.count("Started training worker group") == 1, out[-5000:]
 
@@ -340,3 +340,36 @@ def test_rayjob_entrypoint_trains_on_the_cluster(ray_cluster: RayCluster, tmp_pa
     assert [m["step"] for m in read_metrics(run_dir) if "loss" in m] == [1, 2, 3]
     ran = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert ran["launcher"]["name"] == "ray" and ran["launcher"]["backend"] == "rayjob"
+
+
+def test_s3_run_dir_with_credentials_only_on_the_cluster(
+    ray_cluster: RayCluster,  # noqa: F811
+    s3_bucket: str,
+    s3_client: Any,
+    tmp_path: Path,
+) -> None:
+    """MinIO/S3 as for every run: the endpoint and keys are the cluster's (its pods' Secrets), never the job's."""
+    from tests.s3_fixtures import FAKE_SECRET
+
+    uri = f"{s3_bucket}/runs/exp"
+    res = run_cli(
+        ray_args(ray_cluster, "storage=s3", f"storage.output_uri={uri}", "train.max_steps=3",
+                 "train.eval_interval=0", "train.checkpoint_interval=0", "train.progress=false",
+                 f"hydra.sweep.dir={tmp_path / 'sweep'}"),
+        cwd=tmp_path,
+        env=user_env(ray_cluster),
+    )  # fmt: skip
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out[-5000:]
+    bucket = s3_bucket.removeprefix("s3://")
+    body = s3_client.get_object(Bucket=bucket, Key="runs/exp/metrics.jsonl")["Body"].read().decode()
+    assert [json.loads(ln)["step"] for ln in body.splitlines() if '"loss"' in ln] == [1, 2, 3]
+    latest = s3_client.get_object(Bucket=bucket, Key="runs/exp/checkpoints/latest")["Body"].read().decode()
+    assert latest.strip() == "step_3"
+    name = re.search(r"Submitted Ray job (\S+)", out)
+    assert name is not None
+    info = ray_cluster.client().get_job_info(name.group(1))  # type: ignore[attr-defined]
+    assert not [k for k in info.runtime_env.get("env_vars", {}) if k.startswith("AWS_")]
+    logs = ray_cluster.client().get_job_logs(name.group(1))  # type: ignore[attr-defined]
+    for text in (json.dumps(info.runtime_env), logs, out):
+        assert FAKE_SECRET not in text
