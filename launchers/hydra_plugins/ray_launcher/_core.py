@@ -349,16 +349,18 @@ def _interrupted(jobs: list[Job], clients: dict[str, RayJobs], policy: str) -> N
 
 # ----------------------------------------------------------------------------------------------- results
 def _value(job: Job) -> dict[str, Any]:
-    return {
-        "status": job.status,
-        "job": job.name,
-        "address": str(job.launcher.address),
-        "run_dir": job.run_dir,
-        "eval_loss": job.extra.get("eval_loss"),
-        "tokens_per_s": job.extra.get("tokens_per_s"),
-        "wall_s": job.wall_s,
-        "message": job.message,
-    }
+    """The job's result in the one shape every launcher reports (framework.rundir.JobResult)."""
+    from framework.rundir import JobResult
+
+    found = JobResult(
+        status=job.status,
+        run_dir=job.run_dir,
+        eval_loss=job.extra.get("eval_loss"),
+        tokens_per_s=job.extra.get("tokens_per_s"),
+        wall_s=job.wall_s,
+        error=str(job.error) if job.error else None,
+    )
+    return found.as_dict(job=job.name, address=str(job.launcher.address), message=job.message)
 
 
 def _summary(job: Job) -> JobSummary:

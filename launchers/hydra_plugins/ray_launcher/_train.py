@@ -219,17 +219,10 @@ def run_on_ray(cfg: DictConfig, run_dir: str) -> dict[str, Any]:
         raise RayError(f"Ray Train run failed (exit {code}): {_first_lines(e)}", code) from e
     finally:
         signal.signal(signal.SIGTERM, previous)
-    return {"status": "COMPLETED", "run_dir": run_dir, "wall_s": time.time() - t0, **_final(cfg, run_dir)}
+    from framework.rundir import JobResult, read_metrics
 
-
-def _final(cfg: DictConfig, run_dir: str) -> dict[str, Any]:
-    from framework.rundir import read_metrics
-
-    rows = read_metrics(run_dir)
-    if not rows:
-        return {}
-    evals = [r for r in rows if "eval_loss" in r]
-    return {"eval_loss": evals[-1]["eval_loss"] if evals else None, "steps": rows[-1]["step"]}
+    done = JobResult.from_metrics("COMPLETED", run_dir, read_metrics(run_dir), wall_s=time.time() - t0)
+    return done.as_dict()
 
 
 def _first_lines(e: BaseException, n: int = 12) -> str:
