@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -105,6 +106,7 @@ def main() -> None:
                     )
     finally:
         stop_cluster(cluster.temp_dir)
+        shutil.rmtree(cluster.temp_dir, ignore_errors=True)
 
     def med(arm: str, key: str) -> float:
         if key == "steady":
