@@ -186,7 +186,7 @@ class DatasetConfig:
     sources: list[MixtureSource] = field(default_factory=list)  # dataset=mixture: the weighted sources
     # When a mixture's training split ends: first_exhausted (when a source runs out; nothing repeats) |
     # all_exhausted (when every source has been used once; smaller sources repeat to keep their share)
-    mixture_stop: str = "first_exhausted"
+    mixture_stop: str = d("first_exhausted", one_of("first_exhausted", "all_exhausted"))
 
 
 @dataclass

@@ -100,11 +100,6 @@ def dataset_problems(cfg: DictConfig) -> list[str]:
     ds = cfg.dataset
     local = OmegaConf.select(cfg, "launcher.name", default="local") == "local"
     problems = _source_problems("dataset", ds, local)
-    stop = ds.get("mixture_stop", "first_exhausted")
-    if stop not in ("first_exhausted", "all_exhausted"):
-        problems.append(
-            f"dataset.mixture_stop={stop!r} is not valid; choose one of: first_exhausted, all_exhausted"
-        )
     if int(ds.get("max_row_chars", 1)) < 1:
         problems.append(f"dataset.max_row_chars={ds.max_row_chars} must be >= 1")
     sources = ds.get("sources") if not OmegaConf.is_missing(ds, "sources") else None
