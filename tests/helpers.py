@@ -8,14 +8,19 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from framework.distributed import RENDEZVOUS_ENV
+
 ROOT = Path(__file__).resolve().parents[1]
+TORCHRUN_ENV = {"RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", *RENDEZVOUS_ENV}
 
 
 def run_cli(
     args: list[str], cwd: Path, env: dict[str, str] | None = None, timeout: int = 600
 ) -> subprocess.CompletedProcess[str]:
     """Run ``python -m framework ARGS`` in a fresh process (as a user would) and capture its output."""
-    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    # A user's shell has no rendezvous env; this process may (an in-process run of an earlier test set it).
+    inherited = {k: v for k, v in os.environ.items() if k not in TORCHRUN_ENV}
+    full_env = {**inherited, "PYTHONUNBUFFERED": "1", **(env or {})}
     full_env["PYTHONPATH"] = os.pathsep.join([str(ROOT), full_env.get("PYTHONPATH", "")])
     return subprocess.run(
         [sys.executable, "-m", "framework", *args],
