@@ -18,13 +18,19 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 @pytest.fixture(autouse=True)
-def _restore_environ() -> Iterator[None]:
+def _no_leftover_rendezvous_env() -> Iterator[None]:
     """An in-process run sets the rendezvous env (RANK, MASTER_PORT, ...) and keeps its process group's port;
-    a later test's subprocess must not inherit them (it would think it runs under torchrun, on a taken port)."""
-    before = dict(os.environ)
+    a later test's subprocess must not inherit them (it would think it runs under torchrun, on a taken port).
+    Only those keys are undone: module fixtures may set others (a Ray cluster's token) for their tests."""
+    from tests.helpers import TORCHRUN_ENV
+
+    before = {k: os.environ.get(k) for k in TORCHRUN_ENV}
     yield
-    os.environ.clear()
-    os.environ.update(before)
+    for k, v in before.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
 
 
 @pytest.fixture(autouse=True)
