@@ -17,16 +17,24 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+def _rendezvous_env() -> dict[str, str | None]:
+    from tests.helpers import TORCHRUN_ENV
+
+    return {k: os.environ.get(k) for k in TORCHRUN_ENV}
+
+
+# What the session started with: module fixtures run before a test's own fixtures, so a per-test snapshot would
+# take a module fixture's leftovers for the baseline and keep them for the rest of the session.
+_SESSION_RENDEZVOUS_ENV = _rendezvous_env()
+
+
 @pytest.fixture(autouse=True)
 def _no_leftover_rendezvous_env() -> Iterator[None]:
     """An in-process run sets the rendezvous env (RANK, MASTER_PORT, ...) and keeps its process group's port;
     a later test's subprocess must not inherit them (it would think it runs under torchrun, on a taken port).
     Only those keys are undone: module fixtures may set others (a Ray cluster's token) for their tests."""
-    from tests.helpers import TORCHRUN_ENV
-
-    before = {k: os.environ.get(k) for k in TORCHRUN_ENV}
     yield
-    for k, v in before.items():
+    for k, v in _SESSION_RENDEZVOUS_ENV.items():
         if v is None:
             os.environ.pop(k, None)
         else:

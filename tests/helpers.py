@@ -14,13 +14,18 @@ ROOT = Path(__file__).resolve().parents[1]
 TORCHRUN_ENV = {"RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", *RENDEZVOUS_ENV}
 
 
+def shell_env(**extra: str) -> dict[str, str]:
+    """This process's environment as a user's shell has it: without the rendezvous env an in-process run of an
+    earlier test (or a module fixture) left behind, which would make a child think it runs under torchrun, on a
+    port still held."""
+    return {**{k: v for k, v in os.environ.items() if k not in TORCHRUN_ENV}, **extra}
+
+
 def run_cli(
     args: list[str], cwd: Path, env: dict[str, str] | None = None, timeout: int = 600
 ) -> subprocess.CompletedProcess[str]:
     """Run ``python -m framework ARGS`` in a fresh process (as a user would) and capture its output."""
-    # A user's shell has no rendezvous env; this process may (an in-process run of an earlier test set it).
-    inherited = {k: v for k, v in os.environ.items() if k not in TORCHRUN_ENV}
-    full_env = {**inherited, "PYTHONUNBUFFERED": "1", **(env or {})}
+    full_env = shell_env(PYTHONUNBUFFERED="1", **(env or {}))
     full_env["PYTHONPATH"] = os.pathsep.join([str(ROOT), full_env.get("PYTHONPATH", "")])
     return subprocess.run(
         [sys.executable, "-m", "framework", *args],

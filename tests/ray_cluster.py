@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import ROOT
+from tests.helpers import ROOT, shell_env
 
 BIN = Path(sys.executable).parent
 
@@ -113,7 +113,7 @@ def start_cluster(extra_env: dict[str, str] | None = None) -> RayCluster:
     temp_dir = Path(tempfile.mkdtemp(prefix="rt-", dir="/tmp"))
     gcs, dash, client, agent_http, agent_grpc, metrics, runtime_env, node_mgr = free_ports(8)
     env = {
-        **os.environ,
+        **shell_env(),
         "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",  # the job's `python` is this venv's
         "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
         "RAY_AUTH_MODE": "token",

@@ -5,7 +5,6 @@ it continues (SIGCONT)."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -22,6 +21,7 @@ import yaml
 from framework.distributed import free_port
 from tests.fixtures import tools
 from tests.fixtures.chart import prometheus_rules
+from tests.helpers import shell_env
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -90,7 +90,7 @@ def test_stall_alert_fires_on_sigstop_and_resolves_on_sigcont(tmp_path: Path) ->
     prometheus = tools.prometheus()
     run_log = (tmp_path / "run.log").open("w")
     prom_log = (tmp_path / "prometheus.log").open("w")
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    env = shell_env(PYTHONUNBUFFERED="1", PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     run = subprocess.Popen(
         [
             sys.executable, "-m", "framework", "train.max_steps=100000", "train.eval_interval=0",

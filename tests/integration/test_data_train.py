@@ -4,7 +4,6 @@ and ``framework.prepare`` then training under torchrun reads the one prepared co
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.data_fixtures import chat_tokenizer, save_tokenizer
-from tests.helpers import ROOT, read_metrics, run_cli
+from tests.helpers import ROOT, read_metrics, run_cli, shell_env
 from tests.unit.test_data_formats import rows_for, write
 
 pytestmark = pytest.mark.integration
@@ -67,7 +66,7 @@ def test_every_format_and_row_style_trains(tmp_path: Path) -> None:
 def test_prepare_then_two_ranks_read_one_copy(tmp_path: Path) -> None:
     cache = tmp_path / "prepared"
     args = [*TINY, "model.vocab_size=2048", f"dataset.cache_dir={cache}"]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT)}
+    env = shell_env(PYTHONUNBUFFERED="1", PYTHONPATH=str(ROOT))
     prep = subprocess.run(
         [sys.executable, "-m", "framework.prepare", *args, "--show", "1"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,

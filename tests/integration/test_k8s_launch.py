@@ -6,7 +6,6 @@ sweeps with max_parallel and the summary, Ctrl-C, fire-and-forget, the operator 
 
 from __future__ import annotations
 
-import os
 import re
 import signal
 import subprocess
@@ -19,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import ROOT, run_cli
+from tests.helpers import ROOT, run_cli, shell_env
 from tests.k8s.fake_apiserver import FakeKube, Obj, simulate
 
 pytestmark = pytest.mark.integration
@@ -123,7 +122,7 @@ def test_ctrl_c(kube: FakeKube, tmp_path: Path, policy: str, deleted: bool) -> N
     hold = threading.Event()
     kube.on_create.append(simulate("succeed", hold=hold))
     env = {
-        **os.environ,
+        **shell_env(),
         "KUBECONFIG": str(kube.write_kubeconfig(tmp_path / "kubeconfig")),
         "PYTHONPATH": str(ROOT),
     }

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import ROOT, read_metrics, run_cli
+from tests.helpers import ROOT, read_metrics, run_cli, shell_env
 from tests.ray_cluster import RayCluster, listening_addresses, ray_cluster  # noqa: F401 - the fixture
 
 pytestmark = pytest.mark.integration
@@ -124,7 +124,7 @@ def test_not_enough_resources_says_what_is_missing(ray_cluster: RayCluster, tmp_
 
 
 def _popen(args: list[str], cwd: Path, env: dict[str, str]) -> tuple[subprocess.Popen[str], list[str]]:
-    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **env}
+    full_env = shell_env(PYTHONUNBUFFERED="1", **env)
     full_env["PYTHONPATH"] = os.pathsep.join([str(ROOT), full_env.get("PYTHONPATH", "")])
     proc = subprocess.Popen(
         [sys.executable, "-m", "framework", *args],
@@ -268,7 +268,7 @@ def test_ctrl_c_leaves_job_then_framework_jobs_cancels_it(
     assert "leaving the Ray job(s) running" in out
 
     def jobs(*argv: str) -> subprocess.CompletedProcess[str]:
-        env = {**os.environ, **user_env(ray_cluster)}
+        env = shell_env(**user_env(ray_cluster))
         cmd = [
             sys.executable,
             "-m",
@@ -328,7 +328,7 @@ def test_rayjob_entrypoint_trains_on_the_cluster(ray_cluster: RayCluster, tmp_pa
     entrypoint = main_object(objs)["spec"]["entrypoint"]
     assert "--config-path=/etc/framework" in entrypoint and "launcher.address=auto" in entrypoint
     command = entrypoint.replace("/etc/framework", str(etc))
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": ray_cluster.token}  # the submitter's
+    env = shell_env(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=ray_cluster.token)  # the submitter's
     res = subprocess.run(
         [str(Path(sys.executable).parent / "ray"), "job", "submit", f"--address={ray_cluster.address}",
          f"--submission-id={name}", "--", *shlex.split(command)],  # as the submitter's shell splits it

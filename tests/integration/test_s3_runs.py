@@ -4,7 +4,6 @@ SIGTERM at random steps and SIGKILL mid-checkpoint with exact resume, the endpoi
 from __future__ import annotations
 
 import json
-import os
 import random
 import signal
 import subprocess
@@ -15,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import ROOT, read_metrics, run_cli
+from tests.helpers import ROOT, read_metrics, run_cli, shell_env
 
 pytestmark = pytest.mark.integration
 
@@ -73,7 +72,7 @@ def assert_same(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> None:
 
 
 def popen(args: list[str], cwd: Path) -> subprocess.Popen[str]:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT)}
+    env = shell_env(PYTHONUNBUFFERED="1", PYTHONPATH=str(ROOT))
     return subprocess.Popen(
         [sys.executable, "-m", "framework", *args], cwd=cwd, env=env, stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT, text=True,

@@ -4,7 +4,6 @@ and the LoRA loss curve against a plain transformers + peft + torch loop."""
 from __future__ import annotations
 
 import math
-import os
 import signal
 import subprocess
 import sys
@@ -13,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import ROOT, read_metrics, run_cli
+from tests.helpers import ROOT, read_metrics, run_cli, shell_env
 
 pytestmark = pytest.mark.integration
 
@@ -85,7 +84,7 @@ def test_adapter_loads_with_peft(lora_run: Path) -> None:
 
 
 def _popen(args: list[str], cwd: Path) -> subprocess.Popen[str]:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT)}
+    env = shell_env(PYTHONUNBUFFERED="1", PYTHONPATH=str(ROOT))
     return subprocess.Popen(
         [sys.executable, "-m", "framework", *args],
         cwd=cwd,

@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib.metadata
 import re
 import subprocess
+import sysconfig
 from pathlib import Path
 
 from packaging.utils import canonicalize_name
@@ -45,7 +46,10 @@ def test_this_environment_is_the_constraints_file() -> None:
     """What the tests run with == what the image installs (every installed distribution, same version)."""
     pinned = pins()
     missing, differ = [], []
-    for dist in importlib.metadata.distributions():
+    # The venv's site-packages only: once something imports setuptools, its vendored copies (setuptools/_vendor,
+    # with their own dist-info) are on sys.path too, and they are not installed distributions.
+    site = sorted({sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]})
+    for dist in importlib.metadata.distributions(path=site):
         name = canonicalize_name(dist.metadata["Name"])
         if name == "framework":
             continue
