@@ -40,9 +40,13 @@ from framework.errors import (
     EXIT_PREEMPTED,
     EXIT_RUNTIME,
     EXIT_USAGE,
+    FAILURE_DIR_ENV,
     ConfigError,
     FrameworkError,
     Preempted,
+    UsageError,
+    read_failures,
+    record_failure,
 )
 from framework.hydra_compat import no_mode_compose
 from framework.validate import check
@@ -79,10 +83,15 @@ def spawn_torchrun(cfg: DictConfig, run_dir: str) -> dict[str, Any]:
     t0 = time.time()
     with tempfile.TemporaryDirectory(prefix="framework-launch-") as tmp:
         (Path(tmp) / "config.yaml").write_text(resolved_yaml(cfg))
+        # Each failing worker's exit code and message (errors.record_failure).
+        failures = Path(tmp) / "failures"
+        failures.mkdir()
+        env[FAILURE_DIR_ENV] = str(failures)
         # A remote run directory comes from storage.output_uri in the config; Hydra's own dir stays local.
         hydra_dir = Path(tmp) / "hydra" if storage.is_remote(run_dir) else run_dir
+        # framework-torchrun, not torch.distributed.run: plain torchrun exits 1 whatever its workers exited.
         cmd = [
-            sys.executable, "-m", "torch.distributed.run",
+            sys.executable, "-m", "hydra_plugins.kubernetes_launcher.torchrun",
             "--nnodes=1", f"--nproc-per-node={n}", "--node-rank=0",
             "--master-addr=127.0.0.1", f"--master-port={port}",
             "-m", "framework", f"--config-path={tmp}", "--config-name=config",
@@ -90,12 +99,23 @@ def spawn_torchrun(cfg: DictConfig, run_dir: str) -> dict[str, Any]:
         ]  # fmt: skip
         log.info("Starting %d processes under torchrun; run directory: %s", n, run_dir)
         rc = subprocess.call(cmd, env=env)
+        records = read_failures(str(failures))
     if rc in (EXIT_PREEMPTED, -signal.SIGTERM):
         raise Preempted(f"torchrun job stopped by SIGTERM; rerun the same command to resume from {run_dir}")
-    if rc == EXIT_USAGE:
-        raise ConfigError("a training process rejected the config or data (see its message above)")
+    rejected = [r for r in records if r["exit_code"] == EXIT_USAGE]
+    if rc == EXIT_USAGE or rejected:
+        if not rejected:  # the workers printed their own message (no record could be written)
+            raise ConfigError("a training process rejected the config or data (see its message above)")
+        # Every rank usually rejects the same input: its message once (the workers left printing it to us).
+        messages = list(dict.fromkeys(str(r["message"]) for r in rejected))
+        if len(messages) == 1:
+            raise UsageError(messages[0])
+        raise UsageError("\n".join(f"rank {r['rank']}: {r['message']}" for r in rejected))
     if rc != 0:
-        raise FrameworkError(f"torchrun exited with code {rc}; see the rank logs above")
+        failed = ", ".join(f"rank {r['rank']} exited {r['exit_code']}" for r in records)
+        raise FrameworkError(
+            f"torchrun exited with code {rc}{f' ({failed})' if failed else ''}; see the rank logs above"
+        )
     rows = read_metrics(run_dir)
     return JobResult.from_metrics("COMPLETED", str(run_dir), rows, wall_s=time.time() - t0).as_dict()
 
@@ -319,6 +339,10 @@ def _main(args: list[str]) -> int:
         msg, code = setup or describe_error(e)
         if debug and code != EXIT_RUNTIME:
             traceback.print_exception(e)
+        # A worker of a local torchrun job: the parent prints a rejection once for all ranks; a runtime
+        # failure each rank prints itself (their tracebacks differ).
+        if record_failure(code, msg) and code == EXIT_USAGE:
+            return code
         print(f"error: {msg}", file=sys.stderr, flush=True)
         if code == EXIT_USAGE and not debug:
             print(

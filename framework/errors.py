@@ -56,3 +56,43 @@ class UsageError(FrameworkError):
     """A command-line argument names something that is missing or unusable (a path, a step). Permanent."""
 
     exit_code = EXIT_USAGE
+
+
+# A local torchrun job (``hardware.nproc_per_node > 1``): the parent sets this to a directory where each worker
+# that fails records its exit code and message as ``rank<N>.json``, so the parent can exit with the workers'
+# code (torchrun itself reports any worker failure as its own exit 1) and print the message once.
+FAILURE_DIR_ENV = "FRAMEWORK_FAILURE_DIR"
+
+
+def record_failure(code: int, message: str) -> bool:
+    """In a worker of a local torchrun job, record why it fails for the parent; True when recorded."""
+    import json
+    import os
+
+    directory, rank = os.environ.get(FAILURE_DIR_ENV), os.environ.get("RANK")
+    if not directory or rank is None:
+        return False
+    path = os.path.join(directory, f"rank{rank}.json")
+    try:
+        with open(f"{path}.tmp", "w") as f:
+            json.dump({"rank": int(rank), "exit_code": code, "message": message}, f)
+        os.replace(f"{path}.tmp", path)  # the parent never reads half a record
+    except OSError:
+        return False
+    return True
+
+
+def read_failures(directory: str) -> list[dict[str, object]]:
+    """The failure records of a local torchrun job's workers, by rank (unreadable ones skipped)."""
+    import json
+    from pathlib import Path
+
+    records = []
+    for path in Path(directory).glob("rank*.json"):
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(record, dict) and isinstance(record.get("exit_code"), int):
+            records.append(record)
+    return sorted(records, key=lambda r: int(r.get("rank", 0)))  # type: ignore[call-overload]

@@ -237,3 +237,22 @@ def test_lora_loss_curve_matches_plain_peft_loop(tmp_path: Path) -> None:
         opt.zero_grad()
         plain.append(loss.item())
     assert ours == pytest.approx(plain, rel=1e-4, abs=1e-5)
+
+
+def test_torchrun_worker_rejecting_the_data_exits_2_with_its_message_once(tmp_path: Path) -> None:
+    """Bad bytes in the data file are found by the workers (after validation): the local launcher exits 2 with
+    the worker's message once, not torchrun's exit 1 and a traceback per rank."""
+    data = tmp_path / "d.jsonl"
+    data.write_bytes(b'{"instruction": "a", "output": "b"}\n{"instruction": "\xff", "output": "b"}\n')
+    res = run_cli(
+        ["hardware.nproc_per_node=2", "dataset=jsonl", f"dataset.path={data}",
+         "dataset.tokenizer=pkg://framework.data/sample/tokenizer", "train.max_steps=1", "train.progress=false",
+         f"hydra.run.dir={tmp_path / 'run'}"],
+        cwd=tmp_path,
+    )  # fmt: skip
+    text = res.stdout + res.stderr
+    assert res.returncode == 2, text[-3000:]
+    assert "Starting 2 processes under torchrun" in text  # rejected by the workers, not at validation
+    assert "Traceback" not in text and "ChildFailedError" not in text, text[-3000:]
+    errors = [line for line in text.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "d.jsonl" in errors[0], text[-3000:]

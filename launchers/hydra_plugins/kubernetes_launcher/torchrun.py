@@ -28,7 +28,7 @@ import sys
 from collections.abc import Iterable
 from typing import Any
 
-from framework.errors import EXIT_KILLED, EXIT_PREEMPTED, EXIT_USAGE
+from framework.errors import EXIT_KILLED, EXIT_PREEMPTED, EXIT_USAGE, FAILURE_DIR_ENV
 
 LEDGER = "restarts.json"
 
@@ -125,8 +125,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run(args)
     except ChildFailedError as e:
-        print(str(e), file=sys.stderr, flush=True)  # torchrun's root-cause table: rank, exit code, error file
         code = exit_code((f.exitcode for f in e.failures.values()), crash)
+        # A local job's parent (framework.__main__.spawn_torchrun) prints the workers' rejection once itself.
+        if not (code == EXIT_USAGE and os.environ.get(FAILURE_DIR_ENV)):
+            # torchrun's root-cause table: rank, exit code, error file
+            print(str(e), file=sys.stderr, flush=True)
     except SignalException as e:  # the agent already stopped the workers (they checkpoint on SIGTERM)
         print(f"framework-torchrun: stopped by {e.sigval.name}", file=sys.stderr, flush=True)
         code = 128 + int(e.sigval)
