@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import os
 import re
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -120,12 +121,13 @@ def test_entrypoint_is_the_framework_with_launcher_ray_on_this_cluster() -> None
     assert spec["submissionMode"] == "K8sJobMode"
     assert spec["entrypoint"] == (
         "python -m framework --config-path=/etc/framework --config-name=config hydra.mode=RUN "
-        f"hydra.run.dir=/workspace/runs/{name} hydra.output_subdir=null launcher.name=ray launcher.address=auto"
+        f"hydra.run.dir=/workspace/runs/{name} hydra.output_subdir=null launcher.name=ray launcher.address=auto "
+        "launcher.max_failures=3"
     )
     assert name.startswith("lora-llama-tiny-llama")
     # A run dir on an RWX PVC mounted in every pod is shared: the job's own validation is told so.
     pvc = rayjob("storage=local", "storage.output_uri=null", "hardware.nodes=2")  # launcher.run_dir_pvc's
-    assert pvc["spec"]["entrypoint"].endswith("launcher.address=auto launcher.run_dir_shared=true")
+    assert pvc["spec"]["entrypoint"].endswith("launcher.max_failures=3 launcher.run_dir_shared=true")
 
 
 def test_pods_restricted_and_secrets_by_reference() -> None:
@@ -159,7 +161,7 @@ def test_pods_restricted_and_secrets_by_reference() -> None:
 
 def test_clean_up_rules_or_shutdown_with_kueue() -> None:
     spec = rayjob("launcher.ttl_after_finished_s=3600", "launcher.backoff_limit=2")["spec"]
-    assert spec["backoffLimit"] == 2 and spec["activeDeadlineSeconds"] == 86400
+    assert spec["activeDeadlineSeconds"] == 86400
     strategy = spec["deletionStrategy"]
     assert set(strategy) == {"deletionRules"}  # never the deprecated onSuccess/onFailure
     rules = {
@@ -190,6 +192,19 @@ def test_multi_node_needs_a_shared_run_dir() -> None:
         )  # fmt: skip
     with pytest.raises(ConfigError, match="launcher.ray_auth_secret='ray-auth' must be 'secret-name:key'"):
         rayjob("launcher.ray_auth_secret=ray-auth")
+
+
+def test_exit_2_is_never_retried_by_kuberay() -> None:
+    """KubeRay retries a Failed RayJob with a new cluster whatever the entrypoint exited (KubeRay v1.7,
+    rayjob_controller.go checkBackoffLimitAndUpdateStatusIfNeeded: only DeadlineExceeded is exempt), so the RayJob
+    allows none; launcher.backoff_limit becomes Ray Train's max_failures inside the cluster, where exit 2 fails the
+    run at once (_train.outcome_code)."""
+    for budget in (0, 2, 5):
+        spec = rayjob(f"launcher.backoff_limit={budget}")["spec"]
+        assert spec["backoffLimit"] == 0
+        assert shlex.split(spec["entrypoint"])[-1] == f"launcher.max_failures={budget}"
+    if schemas.crds_present("RayJob", "RayCluster"):
+        assert crd_errors(rayjob("launcher.backoff_limit=5")) == []
 
 
 def test_status_and_log_pod_of_a_rayjob() -> None:

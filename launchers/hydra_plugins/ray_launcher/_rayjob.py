@@ -10,11 +10,18 @@ ConfigMap, restricted profile with Ray's writable paths on emptyDirs: /tmp for /
 ``ray job submit -- <entrypoint>`` with the entrypoint
 
     python -m framework --config-path=/etc/framework --config-name=config hydra.mode=RUN hydra.run.dir=<run dir>
-        hydra.output_subdir=null launcher.name=ray launcher.address=auto
+        hydra.output_subdir=null launcher.name=ray launcher.address=auto launcher.max_failures=<backoff_limit>
 
 i.e. ``launcher=ray`` on the cluster's own address: the job's driver on the head reads the ConfigMap's resolved
 config and starts the Ray Train TorchTrainer (``_train.py``). (The ConfigMap holds a resolved config without a
 defaults list, so the choice is made by its keys: ``launcher.name=ray``.)
+
+Retries: ``backoffLimit: 0``. KubeRay retries a Failed RayJob with a new cluster whatever the entrypoint exited
+(only DeadlineExceeded is exempt: ``checkBackoffLimitAndUpdateStatusIfNeeded`` in KubeRay v1.7's
+rayjob_controller.go), so a bad config (exit 2) would be retried ``backoffLimit`` times. The restart budget
+``launcher.backoff_limit`` is spent inside the one cluster instead: the entrypoint passes it to Ray Train as
+``launcher.max_failures`` (``_train.py``: exit 2 never retried, SIGTERM free), and KubeRay replaces a lost worker
+pod. A lost head pod (the driver) fails the RayJob, not retried.
 
 Clean-up: ``deletionStrategy.deletionRules`` frees the workers (GPUs) the moment the job ends and deletes the
 RayJob after ``launcher.ttl_after_finished_s``. KubeRay refuses rules together with ``shutdownAfterJobFinishes``
@@ -56,6 +63,8 @@ def entrypoint(cfg: Any, name: str, config_dir: str = "/etc/framework") -> str:
         str(cfg.launcher.ray_python), "-m", "framework", f"--config-path={config_dir}", "--config-name=config",
         "hydra.mode=RUN", f"hydra.run.dir={hydra_dir}", "hydra.output_subdir=null",
         "launcher.name=ray", "launcher.address=auto",
+        # The restart budget of every Kubernetes backend, spent by Ray Train (the RayJob itself: backoffLimit 0).
+        f"launcher.max_failures={int(cfg.launcher.backoff_limit)}",
     ]  # fmt: skip
     if on_pvc(str(cfg.storage.output_uri or hydra_dir), effective_pvcs(cfg.launcher)):
         parts.append("launcher.run_dir_shared=true")  # a PVC mounted in every pod
@@ -178,7 +187,8 @@ def job_spec(parts: Any) -> dict[str, Any]:
     spec: dict[str, Any] = {
         "entrypoint": entrypoint(cfg, parts.name),
         "submissionMode": "K8sJobMode",
-        "backoffLimit": int(launcher.backoff_limit),
+        # Never KubeRay's retries: they ignore the exit code (exit 2 retried); the budget is Ray Train's (above).
+        "backoffLimit": 0,
         "rayClusterSpec": {
             "enableInTreeAutoscaling": False,
             "authOptions": auth_options,
