@@ -3,6 +3,7 @@ metrics writer and the one metrics reader, and the one result shape of a finishe
 
     <run dir>/config.yaml        the fully resolved config
     <run dir>/metrics.jsonl      one JSON object per line, every line with ``step``
+    <run dir>/samples.jsonl      eval.samples' generations, one per line with its ``step`` (framework.evaluation)
     <run dir>/checkpoints/       step_<N>/ and ``latest`` (framework.checkpoint)
     <run dir>/adapter/ | model/  what the recipe exported
 
@@ -23,12 +24,15 @@ from typing import Any
 from omegaconf import DictConfig
 
 from framework import storage
+from framework.evaluation import SAMPLES
 
 log = logging.getLogger(__name__)
 
 CONFIG = "config.yaml"
 METRICS = "metrics.jsonl"
 CHECKPOINTS = "checkpoints"
+# The run's step-keyed logs: fetched, trimmed to the checkpoint a run resumes from, and published together.
+STEP_LOGS = (METRICS, SAMPLES)
 
 
 def run_dir_for(cfg: DictConfig) -> str:
@@ -98,10 +102,11 @@ class RunDir:
             storage.put_file(self.path / name, storage.join(self.uri, name))
 
     def fetch_metrics(self) -> None:
-        """Bring a remote run's metrics into the staging copy before resuming."""
-        remote = storage.join(self.uri, METRICS)
-        if self.remote and storage.exists(remote):
-            storage.get_file(remote, self.metrics)
+        """Bring a remote run's metrics (and samples) into the staging copy before resuming."""
+        for name in STEP_LOGS:
+            remote = storage.join(self.uri, name)
+            if self.remote and storage.exists(remote):
+                storage.get_file(remote, self.path / name)
 
     def write_config(self, text: str) -> None:
         """Write (and publish) ``config.yaml``: ``text`` is the resolved config (framework.config.resolved_yaml)."""
@@ -109,14 +114,19 @@ class RunDir:
         self.publish(CONFIG)
 
     def truncate_metrics(self, after_step: int) -> None:
-        """Drop lines a preempted run wrote past its last checkpoint, so a resume does not repeat steps."""
-        if not self.metrics.is_file():
-            return
-        rows = read_metrics(self.metrics)
-        if not rows.torn_only:  # a torn last line is dropped quietly; damage elsewhere is named
-            log.warning("%s: dropped unreadable line(s) %s", self.metrics, rows.dropped[:10])
-        keep = [row for row in rows if row["step"] <= after_step]
-        storage.write_text_atomic(self.metrics, "".join(json.dumps(row) + "\n" for row in keep))
+        """Drop the lines of metrics.jsonl and samples.jsonl that a preempted run wrote past its last checkpoint,
+        so a resume does not repeat steps."""
+        for name in STEP_LOGS:
+            path = self.path / name
+            if not path.is_file():
+                continue
+            rows = parse_metrics(path.read_text(encoding="utf-8", errors="replace").splitlines())
+            if not rows.torn_only:  # a torn last line is dropped quietly; damage elsewhere is named
+                log.warning("%s: dropped unreadable line(s) %s", path, rows.dropped[:10])
+            keep = [row for row in rows if row["step"] <= after_step]
+            # ensure_ascii=False: as the samples writer wrote them (generations in any script stay readable)
+            text = "".join(json.dumps(row, ensure_ascii=name == METRICS) + "\n" for row in keep)
+            storage.write_text_atomic(path, text)
 
 
 # ----------------------------------------------------------------------------------------------- metrics

@@ -27,7 +27,7 @@ from framework import dataset as data
 from framework import distributed as dist
 from framework.config import resolved, resolved_yaml
 from framework.errors import ConfigError, DataError, Preempted
-from framework.rundir import METRICS, JobResult, MetricsLog, RunDir
+from framework.rundir import STEP_LOGS, JobResult, MetricsLog, RunDir
 from recipes import trains
 
 log = logging.getLogger("framework")
@@ -486,7 +486,8 @@ class Outputs:
         """Rank 0 of a remote run: upload the metrics written so far (at each checkpoint commit)."""
         if dist.is_rank0() and self.run.remote:
             self.metrics.flush()
-            self.run.publish(METRICS)
+            for name in STEP_LOGS:  # samples.jsonl too: a resume elsewhere fetches and trims both
+                self.run.publish(name)
 
     def publish_outputs(self, names: list[str]) -> None:
         """Rank 0: upload what the recipe exported, and hand it to the trackers."""

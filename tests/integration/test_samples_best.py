@@ -56,3 +56,26 @@ def test_samples_at_every_eval_and_best_checkpoint_kept(tmp_path: Path) -> None:
     kept = sorted(p.name for p in ckpts.iterdir() if p.is_dir())
     assert kept == sorted({"step_12", f"step_{best_step}"})  # keep_last=1 plus the best
     assert select(Run.open(str(run)), best=True).step == best_step
+
+
+def test_resume_drops_the_lost_attempts_samples(tmp_path: Path) -> None:
+    """Resumed from step 3, the samples the lost attempt generated after it (steps 4 and 6) are dropped, as its
+    metrics are: every eval's samples appear once."""
+    import shutil
+
+    run = tmp_path / "run"
+    args = [
+        "train.max_steps=6", "train.eval_interval=2", "train.checkpoint_interval=3", "train.keep_last=2",
+        "eval.samples=1", "eval.samples_max_new_tokens=2", "train.progress=false", f"hydra.run.dir={run}",
+    ]  # fmt: skip
+    res = run_cli(args, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    # The attempt is lost after step 3: its last checkpoint is step_3, its logs go on to step 6.
+    shutil.rmtree(run / "checkpoints" / "step_6")
+    (run / "checkpoints" / "latest").write_text("step_3")
+    res = run_cli(args, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "Resumed from" in res.stderr + res.stdout
+    steps = [json.loads(x)["step"] for x in (run / "samples.jsonl").read_text().splitlines()]
+    assert steps == [0, 2, 4, 6]
+    assert [m["step"] for m in read_metrics(run) if "eval_loss" in m] == [0, 2, 4, 6]

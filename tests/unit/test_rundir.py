@@ -10,7 +10,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from framework import rundir, storage
-from framework.rundir import METRICS, JobResult, MetricsLog, RunDir, read_metrics
+from framework.rundir import METRICS, SAMPLES, JobResult, MetricsLog, RunDir, read_metrics
 from framework.sweep import JobSummary, format_summary
 
 
@@ -50,6 +50,31 @@ def test_truncate_keeps_steps_up_to_the_checkpoint(tmp_path: Path, caplog: pytes
         f.write("garbage\n" + json.dumps({"step": 2, "loss": 2.0}) + "\n")
     RunDir.at(tmp_path).truncate_metrics(2)
     assert "dropped unreadable line(s) [4]" in caplog.text
+
+
+def test_truncate_trims_samples_as_metrics(tmp_path: Path) -> None:
+    """A resume from step 2 drops the samples the lost attempt generated after it, exactly as its metrics."""
+    samples = [
+        {"step": s, "prompt": "Übersetze:", "generation": f"gen {s} ✓", "reference": "ref"} for s in (0, 2, 4)
+    ]
+    write_lines(tmp_path / METRICS, *ROWS, {"step": 3, "loss": 2.0}, {"step": 4, "eval_loss": 2.2})
+    write_lines(tmp_path / SAMPLES, *samples, tail='{"step": 6, "pro')  # killed mid-write
+    RunDir.at(tmp_path).truncate_metrics(2)
+    assert [json.loads(x) for x in (tmp_path / SAMPLES).read_text("utf-8").splitlines()] == samples[:2]
+    assert "gen 2 ✓" in (tmp_path / SAMPLES).read_text("utf-8")  # written as the samples writer writes them
+    assert [r["step"] for r in read_metrics(tmp_path)] == [1, 2, 2]
+    RunDir.at(tmp_path).truncate_metrics(-1)  # a fresh start keeps nothing of an attempt without checkpoint
+    assert (tmp_path / SAMPLES).read_text() == "" and (tmp_path / METRICS).read_text() == ""
+
+
+def test_remote_resume_fetches_samples_too(s3_env: str, s3_bucket: str) -> None:
+    uri = f"{s3_bucket}/runs/demo"
+    storage.write_text_atomic(storage.join(uri, METRICS), json.dumps({"step": 5, "loss": 1.0}) + "\n")
+    storage.write_text_atomic(storage.join(uri, SAMPLES), json.dumps({"step": 5, "generation": "x"}) + "\n")
+    run = RunDir.at(uri)
+    run.fetch_metrics()
+    run.truncate_metrics(4)
+    assert (run.path / METRICS).read_text() == "" and (run.path / SAMPLES).read_text() == ""
 
 
 def test_location(tmp_path: Path) -> None:
