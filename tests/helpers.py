@@ -41,3 +41,11 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     from framework.rundir import read_metrics
 
     return list(read_metrics(run_dir))
+
+
+def one_line_error(proc: subprocess.CompletedProcess[str]) -> str:
+    """The CLI's one ``error:`` line on stderr (and no traceback)."""
+    assert "Traceback" not in proc.stderr, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, proc.stderr
+    return errors[0]

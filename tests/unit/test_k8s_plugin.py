@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from framework.errors import ConfigError
-from tests.helpers import ROOT, run_cli
+from tests.helpers import ROOT, one_line_error, run_cli
 from tests.k8s import schemas
 from tests.k8s.fake_apiserver import FakeKube, simulate
 
@@ -27,23 +27,18 @@ def manifests(cwd: Path) -> list[tuple[Path, list[dict[str, Any]]]]:
     return [(p, list(yaml.safe_load_all(p.read_text()))) for p in found]
 
 
-def one_line_error(proc: subprocess.CompletedProcess[str]) -> str:
-    assert "Traceback" not in proc.stderr, proc.stderr
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1, proc.stderr
-    return errors[0]
-
-
-def test_discovery() -> None:
+@pytest.mark.parametrize(("plugin", "config"), [("KubernetesLauncher", "kubernetes"), ("RayLauncher", "ray")])
+def test_discovery(plugin: str, config: str) -> None:
+    """Both launcher plugins are found by Hydra's namespace scan and register their hydra/launcher config."""
     from hydra.core.config_store import ConfigStore
     from hydra.core.plugins import Plugins
     from hydra.plugins.launcher import Launcher
 
     names = [p.__name__ for p in Plugins.instance().discover(Launcher)]
-    assert "KubernetesLauncher" in names, (
+    assert plugin in names, (
         f"{names}: reinstall with `pip install -e '.[dev]' --config-settings editable_mode=strict`"
     )
-    assert "kubernetes.yaml" in ConfigStore.instance().list("hydra/launcher")
+    assert f"{config}.yaml" in ConfigStore.instance().list("hydra/launcher")
 
 
 def test_compose_and_render_import_neither_torch_nor_the_kubernetes_client() -> None:

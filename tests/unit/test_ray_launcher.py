@@ -1,4 +1,5 @@
-"""launcher=ray without a cluster: discovery, no torch while submitting, problems, scaling, auth, exit codes.
+"""launcher=ray without a cluster: no torch while submitting, problems, scaling, auth, exit codes (its plugin
+discovery: test_k8s_plugin.test_discovery, parametrized over both launchers).
 
 The runs against a real local Ray cluster are in tests/integration/test_ray_cluster.py.
 """
@@ -13,27 +14,8 @@ from typing import Any
 import pytest
 from omegaconf import OmegaConf
 
-from tests.helpers import ROOT, run_cli
+from tests.helpers import ROOT, one_line_error, run_cli
 from tests.ray_cluster import free_ports
-
-
-def one_line_error(proc: subprocess.CompletedProcess[str]) -> str:
-    assert "Traceback" not in proc.stderr, proc.stderr
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1, proc.stderr
-    return errors[0]
-
-
-def test_discovery() -> None:
-    from hydra.core.config_store import ConfigStore
-    from hydra.core.plugins import Plugins
-    from hydra.plugins.launcher import Launcher
-
-    names = [p.__name__ for p in Plugins.instance().discover(Launcher)]
-    assert "RayLauncher" in names, (
-        f"{names}: reinstall with `pip install -e '.[dev]' --config-settings editable_mode=strict`"
-    )
-    assert "ray.yaml" in ConfigStore.instance().list("hydra/launcher")
 
 
 def test_unreachable_cluster_names_address_and_port_forward_without_torch(tmp_path: Path) -> None:
