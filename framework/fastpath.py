@@ -14,6 +14,8 @@ import importlib.util
 from dataclasses import dataclass
 from typing import Any
 
+from framework.lookup import dotted_get as _get
+
 KERNELS = ("auto", "hf", "lean", "liger")
 
 
@@ -26,15 +28,6 @@ class FastPaths:
 
 def liger_installed() -> bool:
     return importlib.util.find_spec("liger_kernel") is not None
-
-
-def _get(node: Any, dotted: str) -> Any:
-    cur = node
-    for part in dotted.split("."):
-        if cur is None:
-            return None
-        cur = cur.get(part) if hasattr(cur, "get") else getattr(cur, part, None)
-    return cur
 
 
 def resolve(cfg: Any) -> FastPaths:

@@ -32,6 +32,7 @@ from typing import Any
 
 from framework import fastpath
 from framework.errors import ConfigError
+from framework.lookup import dotted_get
 from recipes import trains
 
 GB = 1e9
@@ -41,15 +42,6 @@ HEADROOM = 0.95  # a launch fits when the estimate is at most this share of the 
 QKV, GATE_UP = ("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj")
 # bitsandbytes NF4 with double quantization: 4 bits, an 8-bit absmax per 64 weights, an fp32 per 256 absmax.
 NF4_BYTES = (4 + 8 / 64 + 32 / (64 * 256)) / 8
-
-
-def _lookup(node: Any, key: str) -> Any:
-    cur = node
-    for part in key.split("."):
-        if cur is None:
-            return None
-        cur = cur.get(part) if isinstance(cur, dict) or hasattr(cur, "keys") else getattr(cur, part, None)
-    return cur
 
 
 _SCHEMA: dict[str, Any] = {}
@@ -76,8 +68,8 @@ def _schema_defaults() -> dict[str, Any]:
 
 def _get(node: Any, key: str) -> Any:
     """Read ``a.b.c`` from a DictConfig, a dataclass or a (partial) dict; absent or None: the schema's default."""
-    value = _lookup(node, key)
-    return _lookup(_schema_defaults(), key) if value is None else value
+    value = dotted_get(node, key)
+    return dotted_get(_schema_defaults(), key) if value is None else value
 
 
 @dataclass(frozen=True)
