@@ -378,6 +378,7 @@ class RemoteSync:
         self.local_root = local_root
         self.remote_root = remote_root
         self.tag: str | None = None  # uploaded or uploading, not yet committed
+        self.best: str | None = None  # to become the store's ``best`` once ``tag`` commits (mark_best)
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
         self.upload_s = 0.0
@@ -420,11 +421,24 @@ class RemoteSync:
         if self._thread is not None:
             self._thread.join()
 
+    def mark_best(self, tag: str) -> None:
+        """Make ``tag`` the store's ``best``: at once if it is committed, else right after its commit (as
+        ``latest``, the marker never names a checkpoint whose upload has not committed). Rank 0 writes it."""
+        from framework import storage
+
+        if tag == self.tag:  # still uploading (or not yet committed): commit() writes it after latest
+            self.best = tag
+            return
+        self.best = None
+        if dist.is_rank0():
+            storage.write_text_atomic(storage.join(self.remote_root, BEST), tag)
+
     def commit(self, keep_last: int) -> None:
         """Rank 0, once every node's upload finished: write the manifest of what the store holds, then latest."""
         from framework import storage
 
         tag, self.tag = self.tag, None
+        best, self.best = (self.best if self.best == tag else None), None
         if tag is None or not dist.is_rank0():
             return
         remote_tag = storage.join(self.remote_root, tag)
@@ -440,7 +454,9 @@ class RemoteSync:
         storage.write_text_atomic(storage.join(remote_tag, MANIFEST), json.dumps(doc, indent=1))
         storage.write_text_atomic(storage.join(self.remote_root, LATEST), tag)
         log.info("Checkpoint %s committed to %s", tag, self.remote_root)
-        prune_remote(self.remote_root, keep_last, latest=tag)
+        prune_remote(self.remote_root, keep_last, latest=tag)  # keeps the previous best: the marker names it
+        if best is not None:
+            storage.write_text_atomic(storage.join(self.remote_root, BEST), best)
 
     def sync(self, keep_last: int) -> None:
         """Blocking: wait for this node's upload, agree with every rank that all finished, then commit."""

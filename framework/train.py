@@ -559,8 +559,6 @@ class Checkpointer:
 
     def mark_best(self, job: Job, *, saved: bool) -> None:
         """train.keep_best: the eval at this step was the best so far, so its checkpoint becomes ``best``."""
-        from framework import storage
-
         if job.best_pending != job.step:
             return
         if not saved:
@@ -568,8 +566,8 @@ class Checkpointer:
         tag = checkpoint.tag_for(job.step)
         checkpoint.write_best(self.run.checkpoints, tag)
         checkpoint.prune(self.run.checkpoints, self.keep_last)  # the previous best is now one of the old ones
-        if dist.is_rank0() and self.run.remote:
-            storage.write_text_atomic(storage.join(self.run.remote_checkpoints, checkpoint.BEST), tag)
+        if self.remote is not None:  # the store's marker waits for this checkpoint's upload to commit
+            self.remote.mark_best(tag)
 
     def poll(self) -> None:
         """Commit a finished background upload; one small collective while an upload is pending."""

@@ -206,3 +206,24 @@ def test_torchrun_zero_checkpoints_on_s3(stage: int, s3_inputs: str, s3_client: 
     assert [m["step"] for m in s3_metrics(s3_client, bucket, "runs/r1/metrics.jsonl") if "loss" in m] == list(
         range(1, 7)
     )
+
+
+def test_keep_best_on_s3_names_a_committed_checkpoint(s3_inputs: str, s3_client: Any, tmp_path: Path) -> None:
+    """train.keep_best with an s3:// run dir: the store's best (written after that checkpoint's commit, as latest)
+    names the lowest-eval checkpoint, whole (manifest) and kept beside the last one; eval.samples go up too."""
+    bucket = s3_inputs.removeprefix("s3://")
+    args = [
+        *s3_args(s3_inputs), "train.max_steps=8", "train.eval_interval=2", "train.checkpoint_interval=2",
+        "train.keep_last=1", "train.keep_best=true", "eval.samples=1", "eval.samples_max_new_tokens=2",
+    ]  # fmt: skip
+    res = run_cli(args, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    metrics = s3_metrics(s3_client, bucket, "runs/r1/metrics.jsonl")
+    evals = {m["step"]: m["eval_loss"] for m in metrics if "eval_loss" in m and m["step"] > 0}
+    best = min((loss, step) for step, loss in evals.items())[1]
+    body = s3_client.get_object(Bucket=bucket, Key="runs/r1/checkpoints/best")["Body"].read().decode()
+    assert body.strip() == f"step_{best}"
+    stored = keys(s3_client, bucket, "runs/r1/checkpoints/")
+    assert f"runs/r1/checkpoints/step_{best}/manifest.json" in stored
+    assert "runs/r1/checkpoints/step_8/manifest.json" in stored
+    assert [r["step"] for r in s3_metrics(s3_client, bucket, "runs/r1/samples.jsonl")] == [0, 2, 4, 6, 8]
