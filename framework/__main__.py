@@ -132,6 +132,9 @@ def task(cfg: DictConfig) -> dict[str, Any]:
     try:
         if _validate_only:
             return validate_only(cfg)
+        if cfg.launcher.name == "local" and cfg.launcher.dry_run and not dist.under_torchrun():
+            # Nothing to render here: a local dry run starts nothing, after the checks a real start makes.
+            return validate_only(cfg, dry_run=True)
         cfg = check(cfg, gpu_count=_gpu_count)
         if multirun and cfg.storage.output_uri:  # a sweep job: its own run dir, recorded in its config
             cfg.storage.output_uri = sweep_output_uri(str(cfg.storage.output_uri), HydraConfig.get().job.num)
@@ -162,21 +165,23 @@ def task(cfg: DictConfig) -> dict[str, Any]:
         _in_task = False
 
 
-def validate_only(cfg: DictConfig) -> dict[str, Any]:
+def validate_only(cfg: DictConfig, *, dry_run: bool = False) -> dict[str, Any]:
     """``--validate``: every problem the launch would report (one ConfigError), or a one-line OK; nothing runs.
+    Also ``launcher=local launcher.dry_run=true`` (status DRY_RUN, so a sweep's summary never says COMPLETED).
 
     A local run is checked as it would start here (files exist, GPUs visible); another launcher's as that
     launcher checks it (paths are read where the job runs)."""
     local = cfg.launcher.name == "local"
     cfg = check(cfg, gpu_count=_gpu_count if local else None, check_local_paths=local)
+    what = "launcher.dry_run=true: validated only" if dry_run else "validated only"
     print(
         f"Config OK: recipe={cfg.recipe.name} model={cfg.model.name} dataset={cfg.dataset.name} "
-        f"hardware={cfg.hardware.name} launcher={cfg.launcher.name} (validated only; nothing was started)",
+        f"hardware={cfg.hardware.name} launcher={cfg.launcher.name} ({what}; nothing was started)",
         flush=True,
     )
     from framework.rundir import JobResult
 
-    return JobResult("VALID").as_dict()
+    return JobResult("DRY_RUN" if dry_run else "VALID").as_dict()
 
 
 def validate_overrides(args: list[str], out_dir: str) -> list[str]:

@@ -126,3 +126,18 @@ def test_sweep_with_a_rejected_job_exits_2_and_says_rejected(
     assert any("optim.lr=nan" in r and "REJECTED" in r for r in rows), out
     assert any("optim.lr=0.001" in r and "COMPLETED" in r for r in rows), out
     assert "Traceback" not in out + err
+
+
+def test_local_dry_run_starts_nothing_and_says_so(tmp_path: Path) -> None:
+    """launcher=local launcher.dry_run=true: validated, nothing trained; a sweep's summary says DRY_RUN."""
+    from tests.helpers import run_cli
+
+    res = run_cli(
+        ["-m", "launcher.dry_run=true", "optim.lr=1e-3,3e-3", f"hydra.sweep.dir={tmp_path / 'sweep'}"],
+        cwd=tmp_path,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.count("launcher.dry_run=true: validated only; nothing was started") == 2
+    table = res.stdout[res.stdout.index("Sweep summary") :].splitlines()[2:]
+    assert len(table) == 2 and all(row.split()[1] == "DRY_RUN" for row in table), res.stdout
+    assert not list((tmp_path / "sweep").glob("*/metrics.jsonl"))  # nothing trained

@@ -95,6 +95,10 @@ def test_dry_run_sweep_writes_one_job_per_point(tmp_path: Path) -> None:
         lrs.append(yaml.safe_load(objs[0]["data"]["config.yaml"])["optim"]["lr"])
         assert [e for o in objs for e in schemas.errors(o)] == []
     assert len(names) == 2 and len(sweeps) == 1 and lrs == [1e-4, 3e-4]
+    # Only rendered: the summary says so, never COMPLETED.
+    table = proc.stdout[proc.stdout.index("Sweep summary") :].splitlines()[2:]
+    assert len(table) == 2 and all(row.split()[1] == "DRY_RUN" for row in table), proc.stdout
+    assert "COMPLETED" not in proc.stdout
 
 
 @pytest.mark.parametrize(

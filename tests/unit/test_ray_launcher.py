@@ -204,3 +204,30 @@ def test_ctrl_c_policy(policy: str, stopped: bool, capsys: pytest.CaptureFixture
     assert ("Stopped Ray job j-0" in err) is stopped
     if not stopped:
         assert "framework-jobs cancel j-0 --ray http://127.0.0.1:8265" in err
+
+
+def test_dry_run_is_refused_rather_than_submitted() -> None:
+    """launcher=ray has nothing to render: launcher.dry_run=true would otherwise submit for real (and a sweep
+    list the jobs COMPLETED). A RayJob's driver (address auto) runs what a kubernetes dry run rendered."""
+    from hydra_plugins.ray_launcher._problems import launcher_problems
+
+    def problems(address: str) -> list[str]:
+        cfg = OmegaConf.create(
+            {
+                "launcher": {
+                    "address": address,
+                    "dry_run": True,
+                    "cancel_on_interrupt": "ask",
+                    "ray_python": "python",
+                }
+            }
+        )
+        return launcher_problems(cfg)
+
+    (problem,) = problems("http://127.0.0.1:8265")
+    assert (
+        problem.startswith("launcher.dry_run=true")
+        and "--validate" in problem
+        and "backend=rayjob" in problem
+    )
+    assert problems("auto") == []

@@ -55,6 +55,13 @@ def launcher_problems(cfg: DictConfig) -> list[str]:
             f"launcher.address={address!r} is not a Ray address; use the Jobs API http://<host>:8265 (e.g. after "
             "`kubectl port-forward svc/<cluster>-head-svc 8265:8265`), ray://<host>:10001, or auto"
         )
+    if _get(cfg, "launcher.dry_run") and address != "auto":
+        # auto: the driver inside a cluster (a RayJob's entrypoint), which runs what a dry run rendered earlier
+        problems.append(
+            "launcher.dry_run=true: launcher=ray submits to a running cluster and has no dry run; check the "
+            "config without submitting with --validate, or render a KubeRay RayJob with launcher=kubernetes "
+            "launcher.backend=rayjob launcher.dry_run=true"
+        )
     max_failures = _get(cfg, "launcher.max_failures")
     if isinstance(max_failures, int) and max_failures < -1:
         problems.append(f"launcher.max_failures={max_failures} must be >= 0 (or -1: unlimited restarts)")
