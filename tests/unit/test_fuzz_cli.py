@@ -25,8 +25,8 @@ from tests.fuzz_cases import (
 
 pytestmark = pytest.mark.usefixtures("restore_logging")
 
-CASES = int(os.environ.get("FRAMEWORK_FUZZ_CASES", "240"))
-BUDGET_S = float(os.environ.get("FRAMEWORK_FUZZ_BUDGET_S", "90"))  # ~0.3 s a case on an idle core
+CASES = int(os.environ.get("FRAMEWORK_FUZZ_CASES", "100"))
+BUDGET_S = float(os.environ.get("FRAMEWORK_FUZZ_BUDGET_S", "40"))  # ~0.3 s a case, idle core
 SEED = int(os.environ.get("FRAMEWORK_FUZZ_SEED", "17"))
 
 
