@@ -154,8 +154,8 @@ def test_launch_follows_the_job_to_success(tmp_path: Path, kube: FakeKube) -> No
 
 
 def test_paths_are_checked_in_the_pods_not_here() -> None:
-    from hydra_plugins.kubernetes_launcher._core import _validate
-
+    """The launchers' one check before submitting (framework.remote_jobs.validate, Kubernetes and Ray alike)."""
+    from framework.remote_jobs import validate as _validate
     from tests.k8s.compose import compose
 
     _validate(compose("dataset=jsonl", "dataset.path=/data/only-on-the-pvc.jsonl"))  # no error: a pod path

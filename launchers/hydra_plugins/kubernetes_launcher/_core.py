@@ -8,25 +8,22 @@ deletes the submitted jobs (asking first on a terminal).
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import contextlib
 import logging
-import secrets
 import subprocess
-import sys
 import threading
-import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hydra.core.hydra_config import HydraConfig
-from hydra.core.utils import JobReturn, JobRuntime, JobStatus, configure_log, setup_globals
+from hydra.core.utils import JobReturn
 from hydra_plugins.kubernetes_launcher import _backends, _render, _staging
 from hydra_plugins.kubernetes_launcher._client import default_namespace
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
+from framework import remote_jobs
 from framework.config import config_yaml, resolved
 from framework.errors import ConfigError
 from framework.launcher_config import sweep_output_uri
@@ -37,7 +34,7 @@ if TYPE_CHECKING:
     from hydra_plugins.kubernetes_launcher.kubernetes_launcher import KubernetesLauncher
 
 log = logging.getLogger(__name__)
-_print_lock = threading.Lock()
+_print_lock = remote_jobs.print_lock  # job log files and streamed lines, one line at a time
 
 
 @dataclass
@@ -74,9 +71,7 @@ class Job:
         return f"{self.launcher.namespace}/{self.name}"
 
 
-def new_sweep_id() -> str:
-    """Six lowercase characters starting with a letter: short, and unique enough per namespace."""
-    return "s" + secrets.token_hex(3)[:5]
+new_sweep_id = remote_jobs.new_sweep_id
 
 
 def git_commit() -> str | None:
@@ -97,17 +92,6 @@ def git_commit() -> str | None:
         if out.returncode == 0 and len(sha) == 40:
             return sha
     return None
-
-
-def _validate(cfg: DictConfig) -> None:
-    """The framework's config checks and the launcher's (framework.validate asks launcher_problems through its
-    table), as one ConfigError, minus local-path existence: paths are read inside the pods, not here."""
-    from framework.validate import validate
-
-    # Composed with the schema already: no with_schema() needed. Paths are checked where they are read.
-    problems = validate(cfg, gpu_count=None, check_local_paths=False)
-    if problems:
-        raise ConfigError(problems)
 
 
 @contextlib.contextmanager
@@ -172,21 +156,12 @@ def render_jobs(
 ) -> list[Job]:
     """Compose, validate and render every job; write each one's manifests.yaml into its output dir."""
     assert launcher.config is not None and launcher.hydra_context is not None
-    if launcher.sweep_id is None:
-        launcher.sweep_id = new_sweep_id()
     commit = git_commit()
     jobs = []
     sweep = len(job_overrides) > 1 or initial_job_idx > 0  # more than one job: each its own run dir
     namespaces: dict[Any, str] = {}
-    for i, overrides in enumerate(job_overrides):
-        idx = initial_job_idx + i
-        sweep_config = launcher.hydra_context.config_loader.load_sweep_config(
-            launcher.config, list(overrides)
-        )
+    for idx, overrides, sweep_config in remote_jobs.job_configs(launcher, job_overrides, initial_job_idx):
         _check_framework_app(sweep_config)
-        with open_dict(sweep_config):
-            sweep_config.hydra.job.id = f"{launcher.sweep_id}_{idx}"
-            sweep_config.hydra.job.num = idx
         loader = launcher.hydra_context.config_loader
         if getattr(loader, "needs_hydra_config", lambda _: True)(overrides):  # ~5 ms a job: only if used
             HydraConfig.instance().set_config(sweep_config)
@@ -200,7 +175,7 @@ def render_jobs(
                     cfg.launcher.namespace = namespaces[context]
                 if sweep and cfg.storage.output_uri:
                     cfg.storage.output_uri = sweep_output_uri(str(cfg.storage.output_uri), idx)
-            _validate(cfg)
+            remote_jobs.validate(cfg)
             # local model/dataset paths -> the run's S3 storage, content-addressed (dry runs only name them)
             _staging.stage(cfg, upload=not bool(cfg.launcher.dry_run))
             plain = resolved(cfg)
@@ -221,7 +196,7 @@ def render_jobs(
             )
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "manifests.yaml").write_text(_render.to_yaml(objs))
-        job = Job(idx, list(overrides), sweep_config, name, objs, out_dir, plain=plain)
+        job = Job(idx, overrides, sweep_config, name, objs, out_dir, plain=plain)
         _save_hydra_files(job)
         jobs.append(job)
     return jobs
@@ -258,11 +233,7 @@ def warnings_for(job: Job) -> list[str]:
 def launch(
     launcher: KubernetesLauncher, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
 ) -> list[JobReturn]:
-    assert launcher.config is not None
-    setup_globals()
-    configure_log(launcher.config.hydra.hydra_logging, launcher.config.hydra.verbose)
-    Path(str(launcher.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
-
+    remote_jobs.start(launcher)
     jobs = render_jobs(launcher, job_overrides, initial_job_idx)
     callbacks = launcher.hydra_context.callbacks if launcher.hydra_context is not None else None
     if callbacks is not None and not getattr(callbacks, "callbacks", True):
@@ -351,79 +322,65 @@ def _run_preflight(jobs: Sequence[Job], clients: dict[tuple[Any, ...], JobClient
         _preflight.check(clients[key], job.objs, job.cfg)
 
 
-def _emit(prefix: str, job: Job | None = None) -> Any:
-    def emit(line: str) -> None:
-        with _print_lock:
-            print(f"{prefix}{line}", flush=True)
-        if job is not None:
-            job.log(line)  # rank 0's log lines, also in the job's own log file
+class _Backend:
+    """The Kubernetes side of framework.remote_jobs: one client per (context, namespace, backend)."""
 
-    return emit
+    thread_prefix = "k8s-job"
+    pending_status = "RENDERED"
+    ask_cancel = "\nDelete the submitted job(s) {names}? [y/N] "
+    not_on_terminal = "\nNot on a terminal: leaving the job(s) running (launcher.cancel_on_interrupt=ask)"
+    cancelled = "Deleted {job}"
+    not_cancelled = "Could not delete {job}: {error}"
+
+    def __init__(self, clients: dict[tuple[Any, ...], JobClient]) -> None:
+        self.clients = clients
+
+    def client(self, job: Job) -> JobClient:
+        return self.clients[(job.launcher.context, job.launcher.namespace, job.launcher.backend)]
+
+    def label(self, job: Job) -> str:
+        return job.ref
+
+    def submit(self, job: Job, prefix: str) -> None:
+        client = self.client(job)
+        client.submit(job.objs)
+        log.info("%sSubmitted %s %s", prefix, client.kind.kind, job.ref)
+
+    def not_followed(self, job: Job) -> None:
+        log.info("Follow it with: framework-jobs logs %s -n %s --follow", job.name, job.launcher.namespace)
+
+    def follow_logs(self, job: Job, prefix: str, stop: threading.Event) -> None:
+        # rank 0's log lines, also in the job's own log file
+        self.client(job).follow_logs(job.name, remote_jobs.emitter(prefix, job.log), stop)
+
+    def wait(self, job: Job, prefix: str, stop: threading.Event) -> JobInfo:
+        return self.client(job).wait(job.name, on_update=lambda line: _status(job, prefix, line), stop=stop)
+
+    def end_logs(self, job: Job, done: bool, follower: threading.Thread, log_stop: threading.Event) -> None:
+        log_stop.set()
+        if done:
+            follower.join(timeout=10.0)  # a finished pod's stream ends by itself: print its last lines
+        self.client(job).close_log_streams()
+        follower.join(timeout=1.0)
+
+    def outcome(self, job: Job, info: JobInfo) -> None:
+        _outcome(job, info)
+
+    def cancel(self, job: Job) -> None:
+        self.client(job).cancel(job.name)
+
+    def left_running(self, job: Job) -> str:
+        ns = job.launcher.namespace
+        return (
+            f"Left {job.ref} running; follow: framework-jobs logs {job.name} -n {ns} --follow; "
+            f"cancel: framework-jobs cancel {job.name} -n {ns}"
+        )
 
 
 def _run(jobs: list[Job]) -> None:
     clients = _clients(jobs)
     _run_preflight(jobs, clients)
-    first = jobs[0].launcher
-    stop = threading.Event()
-    many = len(jobs) > 1
-
-    def one(job: Job) -> None:
-        client = clients[(job.launcher.context, job.launcher.namespace, job.launcher.backend)]
-        prefix = f"[{job.name}] " if many else ""
-        if stop.is_set():
-            job.status, job.message = "CANCELLED", "not submitted (interrupted)"
-            return
-        t0 = time.monotonic()
-        try:
-            client.submit(job.objs)
-        except Exception as e:
-            job.status, job.error, job.message = "FAILED", e, str(e)
-            return
-        job.submitted = True
-        log.info("%sSubmitted %s %s", prefix, client.kind.kind, job.ref)
-        if not job.launcher.follow:
-            job.status = "SUBMITTED"
-            log.info(
-                "Follow it with: framework-jobs logs %s -n %s --follow", job.name, job.launcher.namespace
-            )
-            return
-        log_stop = threading.Event()
-        follower = threading.Thread(
-            target=client.follow_logs,
-            args=(job.name, _emit(prefix, job), log_stop),
-            daemon=True,
-            name=f"logs-{job.name}",
-        )
-        follower.start()
-        info = None
-        try:
-            info = client.wait(job.name, on_update=lambda line: _status(job, prefix, line), stop=stop)
-        except Exception as e:
-            job.status, job.error, job.message = "FAILED", e, str(e)
-            return
-        finally:
-            log_stop.set()
-            if info is not None and info.done:
-                follower.join(timeout=10.0)  # a finished pod's stream ends by itself: print its last lines
-            client.close_log_streams()
-            follower.join(timeout=1.0)
-        job.wall_s = time.monotonic() - t0
-        _outcome(job, info)
-
-    pool = cf.ThreadPoolExecutor(max_workers=max(1, int(first.max_parallel)), thread_name_prefix="k8s-job")
-    futures = [pool.submit(one, job) for job in jobs]
-    try:
-        while not all(f.done() for f in futures):
-            cf.wait(futures, timeout=0.5)
-    except KeyboardInterrupt:
-        stop.set()
-        pool.shutdown(wait=True, cancel_futures=True)
-        _interrupted(jobs, clients, str(first.cancel_on_interrupt))
-        raise
-    pool.shutdown(wait=True)
-    for f in futures:
-        f.result()  # re-raise a bug in `one` rather than reporting a half-filled job
+    remote_jobs.run(jobs, _Backend(clients))
 
 
 def _status(job: Job, prefix: str, line: str) -> None:
@@ -464,61 +421,13 @@ def _final_metrics(job: Job) -> dict[str, Any]:
     return {"eval_loss": found.eval_loss, "tokens_per_s": found.tokens_per_s}
 
 
-def _interrupted(jobs: list[Job], clients: dict[tuple[Any, ...], JobClient], policy: str) -> None:
-    """Ctrl-C: delete the jobs still running, or leave them, per launcher.cancel_on_interrupt."""
-    running = [j for j in jobs if j.submitted and j.status not in ("COMPLETED", "FAILED")]
-    for j in jobs:
-        if j.status == "RENDERED":
-            j.status = "CANCELLED"
-    if not running:
-        return
-    names = ", ".join(j.ref for j in running)
-    cancel = policy == "yes"
-    if policy == "ask":
-        if sys.stdin.isatty():
-            try:
-                answer = input(f"\nDelete the submitted job(s) {names}? [y/N] ")
-            except (EOFError, KeyboardInterrupt):
-                answer = ""
-            cancel = answer.strip().lower() in ("y", "yes")
-        else:
-            print(
-                "\nNot on a terminal: leaving the job(s) running (launcher.cancel_on_interrupt=ask)",
-                file=sys.stderr,
-            )
-    for job in running:
-        client = clients[(job.launcher.context, job.launcher.namespace, job.launcher.backend)]
-        if cancel:
-            try:
-                client.cancel(job.name)
-                job.status = "CANCELLED"
-                print(f"Deleted {job.ref}", file=sys.stderr)
-            except Exception as e:
-                print(f"Could not delete {job.ref}: {e}", file=sys.stderr)
-        else:
-            job.status = "INTERRUPTED"
-            print(
-                f"Left {job.ref} running; follow: framework-jobs logs {job.name} -n {job.launcher.namespace} --follow; "
-                f"cancel: framework-jobs cancel {job.name} -n {job.launcher.namespace}",
-                file=sys.stderr,
-            )
-
-
 # ----------------------------------------------------------------------------------------------- results
 def _value(job: Job) -> dict[str, Any]:
     from hydra_plugins.kubernetes_launcher._backends import BACKENDS
 
-    from framework.rundir import JobResult
-
-    result = JobResult(
-        status=job.status,
-        run_dir=_render.pod_run_dir(job.cfg, job.name),
-        eval_loss=job.extra.get("eval_loss"),
-        tokens_per_s=job.extra.get("tokens_per_s"),
-        wall_s=job.wall_s,
-        error=str(job.error) if job.error is not None else None,
-    )
-    return result.as_dict(
+    return remote_jobs.value(
+        job,
+        _render.pod_run_dir(job.cfg, job.name),
         job=job.name,
         namespace=str(job.launcher.namespace),
         kind=BACKENDS[str(job.launcher.backend)].kind,
@@ -530,17 +439,10 @@ def _value(job: Job) -> dict[str, Any]:
 def _job_return(job: Job) -> JobReturn:
     from hydra_plugins.kubernetes_launcher._client import KubernetesError
 
-    ret = JobReturn(
-        overrides=job.overrides,
+    return remote_jobs.job_return(
+        job,
         cfg=_task_cfg(job.cfg),  # as a task sees it: no hydra node (Hydra's contract)
-        hydra_cfg=job.cfg,  # its hydra node, without a copy (read-only for the caller)
         working_dir=str(job.out_dir),
-        task_name=JobRuntime.instance().get("name"),
+        value=lambda: _value(job),
+        failure=lambda: KubernetesError(f"Job {job.ref} failed: {job.message}"),
     )
-    if job.status == "FAILED":
-        ret.status = JobStatus.FAILED
-        ret.return_value = job.error or KubernetesError(f"Job {job.ref} failed: {job.message}")
-    else:
-        ret.status = JobStatus.COMPLETED
-        ret.return_value = _value(job)
-    return ret

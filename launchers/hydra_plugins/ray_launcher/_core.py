@@ -15,27 +15,23 @@ name when several run). Ctrl-C stops following and, per launcher.cancel_on_inter
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import json
 import logging
 import re
-import secrets
 import shlex
-import sys
 import tempfile
 import threading
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hydra.core.hydra_config import HydraConfig
-from hydra.core.utils import JobReturn, JobRuntime, JobStatus, configure_log, setup_globals
+from hydra.core.utils import JobReturn
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
+from framework import remote_jobs
 from framework.config import config_yaml, resolved
-from framework.errors import ConfigError
 from framework.sweep import JobSummary, format_summary
 
 if TYPE_CHECKING:
@@ -43,7 +39,6 @@ if TYPE_CHECKING:
     from hydra_plugins.ray_launcher.ray_launcher import RayLauncher
 
 log = logging.getLogger(__name__)
-_print_lock = threading.Lock()
 
 
 @dataclass
@@ -67,8 +62,7 @@ class Job:
         return self.cfg.launcher
 
 
-def new_sweep_id() -> str:
-    return "s" + secrets.token_hex(3)[:5]
+new_sweep_id = remote_jobs.new_sweep_id
 
 
 def job_name(run_name: str, sweep_id: str, index: int) -> str:
@@ -113,46 +107,27 @@ def build_jobs(
 ) -> list[Job]:
     """Compose and validate every job (all problems of a job at once, as one ConfigError); name it, fix its run
     directory on the cluster, and write its resolved config into its output dir here."""
-    from framework.validate import validate
-
-    assert launcher.config is not None and launcher.hydra_context is not None
-    if launcher.sweep_id is None:
-        launcher.sweep_id = new_sweep_id()
     jobs = []
-    for i, overrides in enumerate(job_overrides):
-        idx = initial_job_idx + i
-        sweep_config = launcher.hydra_context.config_loader.load_sweep_config(
-            launcher.config, list(overrides)
-        )
-        with open_dict(sweep_config):
-            sweep_config.hydra.job.id = f"{launcher.sweep_id}_{idx}"
-            sweep_config.hydra.job.num = idx
+    for idx, overrides, sweep_config in remote_jobs.job_configs(launcher, job_overrides, initial_job_idx):
         HydraConfig.instance().set_config(sweep_config)
         out_dir = Path(str(sweep_config.hydra.sweep.dir)) / str(sweep_config.hydra.sweep.subdir)
         cfg = _without_hydra(sweep_config)
-        # Paths are read on the cluster, so their existence is checked there (the job validates again).
-        problems = validate(cfg, gpu_count=None, check_local_paths=False)
-        if problems:
-            raise ConfigError(problems)
+        remote_jobs.validate(cfg)  # paths are read on the cluster: their existence is checked there
         plain = resolved(cfg)
-        name = job_name(str(plain["run_name"]), launcher.sweep_id, idx)
+        name = job_name(str(plain["run_name"]), str(launcher.sweep_id), idx)
         storage = plain["storage"]
         run_dir = str(storage["output_uri"] or f"{str(plain['launcher']['run_dir']).rstrip('/')}/{name}")
         storage["output_uri"] = run_dir  # every worker (and a restarted one) writes to this one place
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "config.yaml").write_text(config_yaml(plain))
-        jobs.append(Job(idx, list(overrides), sweep_config, name, run_dir, out_dir, plain))
+        jobs.append(Job(idx, overrides, sweep_config, name, run_dir, out_dir, plain))
     return jobs
 
 
 def launch(
     launcher: RayLauncher, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
 ) -> list[JobReturn]:
-    assert launcher.config is not None
-    setup_globals()
-    configure_log(launcher.config.hydra.hydra_logging, launcher.config.hydra.verbose)
-    Path(str(launcher.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
-
+    remote_jobs.start(launcher)
     jobs = build_jobs(launcher, job_overrides, initial_job_idx)
     _run(jobs)
     if len(jobs) > 1 and jobs[0].launcher.follow:
@@ -161,14 +136,6 @@ def launch(
 
 
 # ------------------------------------------------------------------------------------------ submitting
-def _emit(prefix: str) -> Any:
-    def emit(line: str) -> None:
-        with _print_lock:
-            print(f"{prefix}{line}", flush=True)
-
-    return emit
-
-
 def _clients(jobs: Sequence[Job]) -> dict[str, RayJobs]:
     """One Jobs API client per address; each is connected (and so checked) once, before anything is submitted."""
     from hydra_plugins.ray_launcher._client import RayJobs
@@ -196,81 +163,73 @@ def submit(job: Job, client: RayJobs) -> None:
         client.submit(name=job.name, entrypoint=cmd, runtime_env=env, metadata=meta)
 
 
-def _run(jobs: list[Job]) -> None:
-    clients = _clients(jobs)
-    first = jobs[0].launcher
-    stop = threading.Event()
-    many = len(jobs) > 1
+class _Backend:
+    """The Ray Jobs API side of framework.remote_jobs: one client per address."""
 
-    def one(job: Job) -> None:
-        client = clients[str(job.launcher.address)]
-        prefix = f"[{job.name}] " if many else ""
-        if stop.is_set():
-            job.status, job.message = "CANCELLED", "not submitted (interrupted)"
-            return
-        t0 = time.monotonic()
-        try:
-            submit(job, client)
-        except Exception as e:
-            job.status, job.error, job.message = "FAILED", e, str(e)
-            return
-        job.submitted = True
+    thread_prefix = "ray-job"
+    pending_status = "VALIDATED"
+    ask_cancel = "\nStop the Ray job(s) {names}? [y/N] "
+    not_on_terminal = "\nNot on a terminal: leaving the Ray job(s) running (launcher.cancel_on_interrupt=ask)"
+    cancelled = "Stopped Ray job {job}"
+    not_cancelled = "Could not stop Ray job {job}: {error}"
+
+    def __init__(self, clients: dict[str, RayJobs]) -> None:
+        self.clients = clients
+
+    def client(self, job: Job) -> RayJobs:
+        return self.clients[str(job.launcher.address)]
+
+    def label(self, job: Job) -> str:
+        return job.name
+
+    def submit(self, job: Job, prefix: str) -> None:
+        client = self.client(job)
+        submit(job, client)
         log.info(
             "%sSubmitted Ray job %s to %s; run directory %s", prefix, job.name, client.address, job.run_dir
         )
-        if not job.launcher.follow:
-            job.status = "SUBMITTED"
-            log.info("Follow it with: framework-jobs logs %s --ray %s --follow", job.name, client.address)
-            return
-        log_stop = threading.Event()
-        follower = threading.Thread(
-            target=_follow,
-            args=(client, job.name, _emit(prefix), log_stop),
-            daemon=True,
-            name=f"logs-{job.name}",
+
+    def not_followed(self, job: Job) -> None:
+        log.info(
+            "Follow it with: framework-jobs logs %s --ray %s --follow", job.name, self.client(job).address
         )
-        follower.start()
-        info = None
+
+    def follow_logs(self, job: Job, prefix: str, stop: threading.Event) -> None:
         try:
-            info = client.wait(
-                job.name,
-                poll_s=float(job.launcher.poll_interval_s),
-                stop=stop,
-                on_update=lambda line: log.info("%sRay job %s: %s", prefix, job.name, line),
-            )
-        except Exception as e:
-            job.status, job.error, job.message = "FAILED", e, str(e)
-            return
-        finally:
-            if info is not None and info.done:
-                follower.join(
-                    timeout=10.0
-                )  # a finished job's log stream ends by itself: print its last lines
-            log_stop.set()
-            follower.join(timeout=2.0)
-        job.wall_s = time.monotonic() - t0
+            self.client(job).follow_logs(job.name, remote_jobs.emitter(prefix), stop)
+        except Exception as e:  # the log stream is best effort; the job's status is what decides the outcome
+            log.debug("log stream of %s ended: %s", job.name, e)
+
+    def wait(self, job: Job, prefix: str, stop: threading.Event) -> JobInfo:
+        return self.client(job).wait(
+            job.name,
+            poll_s=float(job.launcher.poll_interval_s),
+            stop=stop,
+            on_update=lambda line: log.info("%sRay job %s: %s", prefix, job.name, line),
+        )
+
+    def end_logs(self, job: Job, done: bool, follower: threading.Thread, log_stop: threading.Event) -> None:
+        if done:
+            follower.join(timeout=10.0)  # a finished job's log stream ends by itself: print its last lines
+        log_stop.set()
+        follower.join(timeout=2.0)
+
+    def outcome(self, job: Job, info: JobInfo) -> None:
         _outcome(job, info)
 
-    pool = cf.ThreadPoolExecutor(max_workers=max(1, int(first.max_parallel)), thread_name_prefix="ray-job")
-    futures = [pool.submit(one, job) for job in jobs]
-    try:
-        while not all(f.done() for f in futures):
-            cf.wait(futures, timeout=0.5)
-    except KeyboardInterrupt:
-        stop.set()
-        pool.shutdown(wait=True, cancel_futures=True)
-        _interrupted(jobs, clients, str(first.cancel_on_interrupt))
-        raise
-    pool.shutdown(wait=True)
-    for f in futures:
-        f.result()  # re-raise a bug in `one` rather than reporting a half-filled job
+    def cancel(self, job: Job) -> None:
+        self.client(job).stop(job.name)
+
+    def left_running(self, job: Job) -> str:
+        address = self.client(job).address
+        return (
+            f"Left Ray job {job.name} running; follow: framework-jobs logs {job.name} --ray {address} "
+            f"--follow; stop: framework-jobs cancel {job.name} --ray {address}"
+        )
 
 
-def _follow(client: RayJobs, name: str, emit: Any, stop: threading.Event) -> None:
-    try:
-        client.follow_logs(name, emit, stop)
-    except Exception as e:  # the log stream is best effort; the job's status is what decides the outcome
-        log.debug("log stream of %s ended: %s", name, e)
+def _run(jobs: list[Job]) -> None:
+    remote_jobs.run(jobs, _Backend(_clients(jobs)))
 
 
 def _outcome(job: Job, info: JobInfo) -> None:
@@ -309,58 +268,15 @@ def _final_metrics(job: Job) -> dict[str, Any]:
 
 def _interrupted(jobs: list[Job], clients: dict[str, RayJobs], policy: str) -> None:
     """Ctrl-C: stop the jobs still running, or leave them, per launcher.cancel_on_interrupt."""
-    running = [j for j in jobs if j.submitted and j.status not in ("COMPLETED", "FAILED")]
-    for j in jobs:
-        if j.status == "VALIDATED":
-            j.status = "CANCELLED"
-    if not running:
-        return
-    names = ", ".join(j.name for j in running)
-    cancel = policy == "yes"
-    if policy == "ask":
-        if sys.stdin.isatty():
-            try:
-                answer = input(f"\nStop the Ray job(s) {names}? [y/N] ")
-            except (EOFError, KeyboardInterrupt):
-                answer = ""
-            cancel = answer.strip().lower() in ("y", "yes")
-        else:
-            print(
-                "\nNot on a terminal: leaving the Ray job(s) running (launcher.cancel_on_interrupt=ask)",
-                file=sys.stderr,
-            )
-    for job in running:
-        client = clients[str(job.launcher.address)]
-        if cancel:
-            try:
-                client.stop(job.name)
-                job.status = "CANCELLED"
-                print(f"Stopped Ray job {job.name}", file=sys.stderr)
-            except Exception as e:
-                print(f"Could not stop Ray job {job.name}: {e}", file=sys.stderr)
-        else:
-            job.status = "INTERRUPTED"
-            print(
-                f"Left Ray job {job.name} running; follow: framework-jobs logs {job.name} --ray {client.address} "
-                f"--follow; stop: framework-jobs cancel {job.name} --ray {client.address}",
-                file=sys.stderr,
-            )
+    remote_jobs.interrupted(jobs, _Backend(clients), policy)
 
 
 # ----------------------------------------------------------------------------------------------- results
 def _value(job: Job) -> dict[str, Any]:
     """The job's result in the one shape every launcher reports (framework.rundir.JobResult)."""
-    from framework.rundir import JobResult
-
-    found = JobResult(
-        status=job.status,
-        run_dir=job.run_dir,
-        eval_loss=job.extra.get("eval_loss"),
-        tokens_per_s=job.extra.get("tokens_per_s"),
-        wall_s=job.wall_s,
-        error=str(job.error) if job.error else None,
+    return remote_jobs.value(
+        job, job.run_dir, job=job.name, address=str(job.launcher.address), message=job.message
     )
-    return found.as_dict(job=job.name, address=str(job.launcher.address), message=job.message)
 
 
 def _summary(job: Job) -> JobSummary:
@@ -370,17 +286,10 @@ def _summary(job: Job) -> JobSummary:
 def _job_return(job: Job) -> JobReturn:
     from hydra_plugins.ray_launcher._client import RayError
 
-    ret = JobReturn(
-        overrides=job.overrides,
+    return remote_jobs.job_return(
+        job,
         cfg=job.cfg,
-        hydra_cfg=job.cfg,
         working_dir=str(job.out_dir),
-        task_name=JobRuntime.instance().get("name"),
+        value=lambda: _value(job),
+        failure=lambda: RayError(f"Ray job {job.name} failed: {job.message}"),
     )
-    if job.status == "FAILED":
-        ret.status = JobStatus.FAILED
-        ret.return_value = job.error or RayError(f"Ray job {job.name} failed: {job.message}")
-    else:
-        ret.status = JobStatus.COMPLETED
-        ret.return_value = _value(job)
-    return ret
