@@ -16,64 +16,68 @@ import sys
 import threading
 from datetime import datetime, timezone
 
+from hydra_plugins.kubernetes_launcher.cli import VERBS, age
+
 
 def _age(start_ms: int | None) -> str:
     if not start_ms:
         return "-"
-    s = int(datetime.now(timezone.utc).timestamp() - start_ms / 1000)
-    for unit, n in (("d", 86400), ("h", 3600), ("m", 60)):
-        if s >= n:
-            return f"{s // n}{unit}"
-    return f"{s}s"
+    return age(datetime.now(timezone.utc).timestamp() - start_ms / 1000)
 
 
-def _table(rows: list[tuple[str, ...]]) -> str:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
+class RayJobsView:
+    """framework-jobs' verbs (hydra_plugins.kubernetes_launcher.cli.VERBS) over a Ray cluster's jobs."""
 
+    header = ("NAME", "STATUS", "AGE", "RUN", "OVERRIDES")
+    not_cancelled = "Not stopped"
 
-def run(args: argparse.Namespace) -> int:
-    from hydra_plugins.ray_launcher._client import RayJobs
+    def __init__(self, address: str) -> None:
+        from hydra_plugins.ray_launcher._client import RayJobs
 
-    jobs = RayJobs(str(args.ray))
-    if args.command == "list":
-        rows: list[tuple[str, ...]] = [("NAME", "STATUS", "AGE", "RUN", "OVERRIDES")]
-        for j in jobs.list():
-            rows.append(
-                (
-                    j.name,
-                    j.status,
-                    _age(j.start_time),
-                    j.metadata.get("framework.io/run-name", "-"),
-                    j.metadata.get("framework.io/overrides", "") or "-",
-                )
+        self.address = address
+        self.client = RayJobs(address)
+        self.empty = f"No training jobs on the Ray cluster at {address}"
+
+    def rows(self) -> list[tuple[str, ...]]:
+        return [
+            (
+                j.name,
+                j.status,
+                _age(j.start_time),
+                j.metadata.get("framework.io/run-name", "-"),
+                j.metadata.get("framework.io/overrides", "") or "-",
             )
-        print(_table(rows) if len(rows) > 1 else f"No training jobs on the Ray cluster at {args.ray}")
-    elif args.command == "status":
-        info = jobs.status(args.name)
-        print(f"Ray job {info.name} at {args.ray}: {info.describe()}")
+            for j in self.client.list()
+        ]
+
+    def status(self, name: str) -> int:
+        info = self.client.status(name)
+        print(f"Ray job {info.name} at {self.address}: {info.describe()}")
         run_dir = info.metadata.get("framework.io/run-dir")
         if run_dir:
             print(f"run directory: {run_dir}")
         return info.outcome_code if info.done else 0
-    elif args.command == "logs":
+
+    def logs(self, name: str, args: argparse.Namespace) -> None:
         if args.follow:
             stop = threading.Event()
             try:
-                jobs.follow_logs(args.name, lambda line: print(line, flush=True), stop)
+                self.client.follow_logs(name, lambda line: print(line, flush=True), stop)
             finally:
                 stop.set()
         else:
-            sys.stdout.write(jobs.logs(args.name))
+            sys.stdout.write(self.client.logs(name))
             sys.stdout.flush()
-    elif args.command == "cancel":
-        ask = not args.yes and sys.stdin.isatty()
-        if ask and input(f"Stop Ray job {args.name} at {args.ray}? [y/N] ").strip().lower() not in (
-            "y",
-            "yes",
-        ):
-            print("Not stopped")
-            return 0
-        stopped = jobs.stop(args.name)
-        print(f"Stopped Ray job {args.name}" if stopped else f"Ray job {args.name} was not running")
-    return 0
+
+    def cancel_prompt(self, name: str) -> str:
+        return f"Stop Ray job {name} at {self.address}? [y/N] "
+
+    def cancel(self, name: str) -> str:
+        stopped = self.client.stop(name)
+        return f"Stopped Ray job {name}" if stopped else f"Ray job {name} was not running"
+
+
+def run(args: argparse.Namespace) -> int:
+    jobs = RayJobsView(str(args.ray))  # connects: an unreachable cluster is reported whatever the verb
+    verb = VERBS.get(args.command)
+    return verb(jobs, args) if verb is not None else 0
