@@ -158,6 +158,11 @@ def prepare_data(cfg: DictConfig, tokenizer: Any) -> Data:
 
 # ----------------------------------------------------------------------------------------------- signals
 
+# Stop requests that reach a rank other than as a signal to its own thread, each returning a signal number (0:
+# none). A Ray Train rank runs the loop off the main thread, so ray_launcher._train relays its process's SIGTERM
+# and Ray's node-drain notice through here.
+STOP_SOURCES: list[Callable[[], int]] = []
+
 
 @dataclass
 class StopFlag:
@@ -175,7 +180,7 @@ class StopFlag:
         import threading
 
         if threading.current_thread() is not threading.main_thread():
-            return  # a Ray Train worker runs the loop in a thread: Ray handles that process's signals
+            return  # a Ray Train rank runs the loop in a thread: its launcher relays signals via STOP_SOURCES
         for sig in (signal.SIGTERM, signal.SIGINT):
             self.previous[sig] = signal.signal(sig, self._handle)
 
@@ -188,6 +193,18 @@ class StopFlag:
             raise SystemExit(128 + signum)
         self.signum, self.at = signum, time.monotonic()
         log.warning("Received signal %d: saving a checkpoint at the next step boundary, then exiting", signum)
+
+    def requested(self) -> int:
+        """This rank's stop request so far: a signal it got, or one a STOP_SOURCES entry reports (0: none)."""
+        for source in STOP_SOURCES if not self.signum else ():
+            signum = source()
+            if signum:
+                self.signum, self.at = signum, time.monotonic()
+                log.warning(
+                    "Stop requested (signal %d): saving a checkpoint at this step, then exiting", signum
+                )
+                break
+        return self.signum
 
     def restore(self) -> None:
         for sig, handler in self.previous.items():
@@ -612,7 +629,7 @@ def train_step(job: Job, cfg: DictConfig, out: Outputs, stop: StopFlag) -> int:
     loss_sum = float(torch.stack(losses).sum())  # the only host sync of the step
     own_s = time.perf_counter() - t0  # this rank's compute, before waiting for the others
     loss_sum, tokens_all, n = dist.all_reduce_sum([loss_sum, float(tokens), float(accum)])
-    stop_any, slowest_s = dist.all_reduce_max([float(stop.signum), own_s])
+    stop_any, slowest_s = dist.all_reduce_max([float(stop.requested()), own_s])
     dt = time.perf_counter() - t0
     loss = loss_sum / n
     lr = job.scheduler.get_last_lr()[0] if job.scheduler is not None else cfg.optim.lr

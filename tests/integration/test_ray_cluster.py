@@ -191,6 +191,47 @@ def test_killed_worker_restarts_group_and_resumes(
     assert_same_metrics(read_metrics(run_dir), torchrun_reference)
 
 
+def test_sigterm_to_a_worker_checkpoints_that_step_and_resumes(
+    ray_cluster: RayCluster,  # noqa: F811
+    torchrun_reference: list[dict[str, Any]],
+    tmp_path: Path,
+) -> None:
+    """A SIGTERM to one Ray Train worker process (a pod deletion's) checkpoints the current step on every rank;
+    the group restarts as a preemption (max_failures=0: not counted) and resumes from it."""
+    run_dir = tmp_path / "run"
+    args = ray_args(
+        ray_cluster, *TRAIN, f"storage.output_uri={run_dir}", "launcher.max_failures=0",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+    )  # fmt: skip
+    proc, lines = _popen(args, tmp_path, user_env(ray_cluster))
+    try:
+        rank1 = _wait_for(
+            lambda: next(
+                (m.group(1) for ln in lines if (m := re.search(r"pid=(\d+)\) world_rank=1", ln))), None
+            ),
+            400,
+            "the worker group",
+            lines,
+        )
+        latest = run_dir / "checkpoints" / "latest"
+        _wait_for(lambda: latest.is_file() and latest.read_text().strip() == "step_4", 300, "step_4", lines)
+        _wait_for(lambda: any(m["step"] > 4 for m in read_metrics(run_dir)), 120, "step 5", lines)
+        os.kill(int(rank1), signal.SIGTERM)
+        rc = proc.wait(timeout=500)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    out = "".join(lines)
+    assert rc == 0, out[-5000:]
+    stopped = re.search(r"stopped by signal 15 at step (\d+); checkpoint step_\1 saved", out)
+    assert stopped is not None, out[-5000:]
+    step = int(stopped.group(1))  # past the periodic step_4: the steps since were not lost
+    assert 4 < step < 12 and f"Ray worker {rank1} got SIGTERM" in out, out[-5000:]
+    assert re.search(rf"Resumed from \S+/checkpoints/step_{step} at step {step}\b", out), out[-5000:]
+    assert out.count("Started training worker group") == 2, "one restart of the group, not counted"
+    assert_same_metrics(read_metrics(run_dir), torchrun_reference)
+
+
 def test_sweep_of_two_ray_jobs_prints_summary(ray_cluster: RayCluster, tmp_path: Path) -> None:  # noqa: F811
     """Through the Ray Client address this time (ray://): the Jobs API found from it."""
     res = run_cli(

@@ -6,9 +6,14 @@ The runs against a real local Ray cluster are in tests/integration/test_ray_clus
 
 from __future__ import annotations
 
+import concurrent.futures as cf
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -178,6 +183,53 @@ def test_worker_failures_map_to_exit_codes() -> None:
     assert outcome_code(GroupError({0: Wrapped(DataError("x:2: bad")), 1: RuntimeError("peer gone")})) == 2
     assert outcome_code(GroupError({0: Wrapped(Preempted("s")), 1: Wrapped(Preempted("s"))})) == 143
     assert outcome_code(GroupError({1: RuntimeError("actor died")})) == 1
+
+
+def test_sigterm_relay_on_the_worker_main_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Ray Train worker's SIGTERM: our handler, installed on the actor's main thread in place of Ray's, records
+    the request for the loop's thread to poll, ignores the pod-wide copy, and hands a later one to Ray's."""
+    from hydra_plugins.ray_launcher import _train
+
+    seen: list[int] = []
+
+    def rays_handler(signum: int, frame: Any) -> None:  # as Ray's worker.main_loop: the worker exits
+        seen.append(signum)
+        raise SystemExit(1)
+
+    before = signal.signal(signal.SIGTERM, rays_handler)
+    monkeypatch.setitem(_train._sigterm, "window_s", 0.3)
+    try:
+        with cf.ThreadPoolExecutor(1) as pool:  # the thread Ray Train runs the loop in may not install one
+            assert pool.submit(_train._install_sigterm_relay).result() is False
+        assert signal.getsignal(signal.SIGTERM) is rays_handler
+        assert _train._install_sigterm_relay() is True
+        assert _train.stop_requested() == 0
+        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGTERM)  # the copy of a pod-wide SIGTERM
+        assert _train.stop_requested() == signal.SIGTERM and seen == []
+        time.sleep(0.4)
+        with pytest.raises(SystemExit) as e:
+            os.kill(os.getpid(), signal.SIGTERM)  # a deliberate second one: Ray's handler, at once
+        assert seen == [signal.SIGTERM] and e.value.code == 1
+        _train._restore_sigterm()
+        assert signal.getsignal(signal.SIGTERM) is rays_handler
+    finally:
+        signal.signal(signal.SIGTERM, before)
+        _train._sigterm.update(at=0.0, previous=None)
+
+
+def test_node_drain_notice_is_a_stop_request(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ray's raylet marks its node draining on SIGTERM and Ray Train's PreemptionWatcher tells every worker
+    (RayTrainWorker.mark_preempt): that stops the loop like a SIGTERM of its own."""
+    from hydra_plugins.ray_launcher import _train
+    from ray.train.v2._internal.execution import context
+    from ray.train.v2.api.preemption import PreemptionInfo
+
+    worker = SimpleNamespace(preemption_context=SimpleNamespace(preemption_info=None))
+    monkeypatch.setattr(context, "get_train_context", lambda: worker)
+    assert _train.stop_requested() == 0
+    worker.preemption_context.preemption_info = PreemptionInfo(None, {"node": [1]})
+    assert _train.stop_requested() == signal.SIGTERM
 
 
 @pytest.mark.parametrize(("policy", "stopped"), [("yes", True), ("no", False), ("ask", False)])

@@ -39,3 +39,24 @@ def test_sigterm_again_after_the_window_exits(flag: StopFlag) -> None:
     with pytest.raises(SystemExit) as e:
         os.kill(os.getpid(), signal.SIGTERM)
     assert e.value.code == 143
+
+
+def test_stop_sources_reach_the_flag() -> None:
+    """A rank whose signals its launcher relays (Ray Train runs the loop off the main thread): train_step's
+    all-reduce sees the request once a source reports it, and the source is not polled after that."""
+    from framework import train
+
+    reports = [0, 0, signal.SIGTERM]
+
+    def source() -> int:
+        return reports.pop(0)
+
+    train.STOP_SOURCES.append(source)
+    try:
+        f = StopFlag()
+        assert f.requested() == 0 and f.requested() == 0
+        assert f.requested() == signal.SIGTERM and f.signum == signal.SIGTERM
+        assert f.requested() == signal.SIGTERM and reports == []
+    finally:
+        train.STOP_SOURCES.remove(source)
+    assert StopFlag().requested() == 0

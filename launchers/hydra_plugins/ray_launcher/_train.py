@@ -72,6 +72,74 @@ def rendezvous_env(ctx: Any, nnodes: int) -> dict[str, str]:
     }
 
 
+# A SIGTERM to a worker process (its pod deleted, a kill from the node) must end in a checkpoint at the current
+# step, as under torchrun. Ray runs train_worker in a thread of the worker actor, where signal.signal is refused,
+# and the actor's main thread has Ray's handler (worker.main_loop), which exits the process at once. The actor
+# runs its tasks on that main thread, so train_worker asks its own actor to install ours there
+# (RayTrainWorker.execute): the first SIGTERM only records the request; the loop polls it through
+# train.STOP_SOURCES, all ranks agree on the step in train_step's all-reduce, save, and exit 143 (a preemption:
+# retried without consuming max_failures). A node drain (Ray's raylet marks its node draining on SIGTERM; Ray
+# Train's PreemptionWatcher tells every worker) is the same request. A second SIGTERM after the duplicate window
+# goes on to Ray's handler.
+# window_s: as train.StopFlag's duplicate window (a pod-wide SIGTERM can reach the worker twice).
+_sigterm: dict[str, Any] = {"at": 0.0, "previous": None, "window_s": 5.0}
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    now = time.monotonic()
+    if not _sigterm["at"]:
+        _sigterm["at"] = now
+        log.warning("Ray worker %d got SIGTERM: checkpointing at the next step boundary", os.getpid())
+        return
+    if now - _sigterm["at"] < _sigterm["window_s"]:
+        return  # the pod-wide copy of the same SIGTERM
+    previous = _sigterm["previous"]
+    if callable(previous):
+        previous(signum, frame)
+    raise SystemExit(128 + signum)
+
+
+def _install_sigterm_relay() -> bool:
+    """On the actor's main thread: our SIGTERM handler in place of Ray's. False off the main thread."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return False
+    _sigterm["at"] = 0.0
+    _sigterm["previous"] = signal.signal(signal.SIGTERM, _on_sigterm)
+    return True
+
+
+def _restore_sigterm() -> None:
+    if _sigterm["previous"] is not None:
+        signal.signal(signal.SIGTERM, _sigterm["previous"])
+        _sigterm["previous"] = None
+
+
+def _on_main_thread(fn: Any) -> Any:
+    """Run ``fn()`` as a task of this worker's own actor, i.e. on its main thread (the loop's thread is not)."""
+    import ray
+
+    actor = ray.get_runtime_context().current_actor
+    return ray.get(actor.execute.remote(fn), timeout=60)
+
+
+def stop_requested() -> int:
+    """train.STOP_SOURCES entry: SIGTERM if this worker process got one or Ray Train says its node is draining."""
+    if _sigterm["at"]:
+        return signal.SIGTERM
+    try:
+        from ray.train.v2._internal.execution.context import get_train_context
+
+        preemption = get_train_context().preemption_context.preemption_info
+    except Exception:  # another Ray Train: no drain notice to read
+        return 0
+    if preemption is not None:
+        log.warning("Ray Train reports a preemption (node drain): %s", preemption)
+        return signal.SIGTERM
+    return 0
+
+
 def train_worker(config: dict[str, Any]) -> dict[str, Any]:
     """One Ray Train worker: the rendezvous env, logging as torchrun ranks have it, then the recipe."""
     import ray.train
@@ -99,7 +167,27 @@ def train_worker(config: dict[str, Any]) -> dict[str, Any]:
         force=True,
     )
     cfg = with_schema(OmegaConf.create(config["config"]))
-    result: dict[str, Any] = recipe_entry(str(cfg.recipe.name))(cfg)
+    from framework.train import STOP_SOURCES
+
+    relayed = False
+    try:
+        relayed = bool(_on_main_thread(_install_sigterm_relay))
+    except Exception as e:  # then a SIGTERM ends this worker as Ray does; the group resumes from `latest`
+        log.warning("SIGTERM handler not installed on the Ray worker's main thread: %s", e)
+    if not relayed:
+        log.warning(
+            "A SIGTERM to this Ray worker ends it without a checkpoint (no handler on its main thread)"
+        )
+    STOP_SOURCES.append(stop_requested)
+    try:
+        result: dict[str, Any] = recipe_entry(str(cfg.recipe.name))(cfg)
+    finally:
+        STOP_SOURCES.remove(stop_requested)
+        if relayed:
+            try:
+                _on_main_thread(_restore_sigterm)
+            except Exception as e:  # the actor is going away; nothing to restore for
+                log.debug("SIGTERM handler not restored: %s", e)
     return result
 
 
