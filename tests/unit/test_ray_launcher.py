@@ -167,6 +167,43 @@ def test_job_outcome_exit_codes() -> None:
     assert code("FAILED", 1) == 1 and code("FAILED", None) == 1
 
 
+@pytest.mark.parametrize(
+    ("exit_code", "code", "status"), [(143, 143, "PREEMPTED"), (2, 2, "REJECTED"), (1, 1, "FAILED")]
+)
+def test_a_jobs_end_gives_the_launchers_exit_code_and_summary_row(
+    exit_code: int, code: int, status: str
+) -> None:
+    """A Ray job whose driver exited 143 (SIGTERM, checkpoint saved) fails the launcher with 143 (Hydra raises
+    the job's error; main() exits with its exit_code) and its sweep row says PREEMPTED, with how to resume."""
+    from hydra_plugins.ray_launcher import _core
+    from hydra_plugins.ray_launcher._client import JobInfo
+
+    launcher = {"address": "http://127.0.0.1:8265", "follow": True}
+    job = _core.Job(
+        0, ["optim.lr=1e-4"], OmegaConf.create({"launcher": launcher}), "j-0", "/r", Path("."), {}
+    )
+    _core._outcome(job, JobInfo("j-0", "FAILED", exit_code=exit_code))
+    assert job.status == "FAILED" and getattr(job.error, "exit_code", None) == code
+    if code == 143:
+        assert "resubmit with storage.output_uri=/r to resume" in str(job.error)
+    from hydra.core.singleton import Singleton
+    from hydra.core.utils import JobRuntime
+
+    from framework.__main__ import describe_error
+
+    state = Singleton.get_state()
+    JobRuntime.instance().set("name", "train")
+    try:
+        with pytest.raises(type(job.error)) as raised:
+            _ = _core._job_return(job).return_value  # what Hydra's sweeper does with every job's return
+    finally:
+        Singleton.set_state(state)
+    assert describe_error(raised.value)[1] == code  # main()'s exit code
+    row = _core._summary(job)
+    assert row.status == status
+    assert status in _core.format_summary([row])
+
+
 def test_worker_failures_map_to_exit_codes() -> None:
     from hydra_plugins.ray_launcher._train import outcome_code
 

@@ -280,7 +280,12 @@ def _value(job: Job) -> dict[str, Any]:
 
 
 def _summary(job: Job) -> JobSummary:
-    return JobSummary.from_return(job.overrides, job.status, _value(job))
+    # A failed job's row says what its exit code means, as the local launcher's REJECTED does: PREEMPTED
+    # (143: stopped by SIGTERM after a checkpoint; resubmitting resumes), REJECTED (2: fix the config or data).
+    status = job.status
+    if status == "FAILED":
+        status = {2: "REJECTED", 143: "PREEMPTED"}.get(getattr(job.error, "exit_code", None), status)
+    return JobSummary.from_return(job.overrides, status, {**_value(job), "status": status})
 
 
 def _job_return(job: Job) -> JobReturn:
