@@ -58,9 +58,8 @@ class LauncherConfig:
         "framework-torch"  # trainjob: the (Cluster)TrainingRuntime (the chart's, or torch-distributed)
     )
     runtime_kind: str = "ClusterTrainingRuntime"  # trainjob: ClusterTrainingRuntime | TrainingRuntime
-    staging_uri: str | None = (
-        None  # where local model/dataset paths are uploaded; null: <output bucket>/framework-staging
-    )
+    staging: str = "local"  # off | local (upload local paths) | all (+ Hub ids, by an init step on cluster)
+    staging_uri: str | None = None  # s3://... or a path on a PVC mount; null: output bucket, else run_dir
     preflight: bool = (
         True  # read-only checks before submit: namespace, Secrets, PVCs, queue, RBAC, GPUs, bucket
     )

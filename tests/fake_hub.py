@@ -15,7 +15,7 @@ from pathlib import Path
 
 @contextmanager
 def fake_hub(
-    repo_id: str, source: Path, commit: str = "f" * 40
+    repo_id: str, source: Path, commit: str = "f" * 40, repo_type: str = "model"
 ) -> Iterator[tuple[str, list[tuple[str, str]]]]:
     files = {f.name: f.read_bytes() for f in source.iterdir() if f.is_file()}
     seen: list[tuple[str, str]] = []  # (path, Authorization header)
@@ -35,9 +35,10 @@ def fake_hub(
         def _serve(self, send_body: bool) -> None:
             seen.append((self.path, self.headers.get("Authorization", "")))
             path = self.path.split("?", 1)[0]
-            api = f"/api/models/{repo_id}/revision/"
-            resolve = f"/{repo_id}/resolve/"
-            if path.startswith(f"/api/models/{repo_id}/tree/"):
+            kind = f"{repo_type}s"  # models | datasets
+            api = f"/api/{kind}/{repo_id}/revision/"
+            resolve = f"/{repo_id}/resolve/" if repo_type == "model" else f"/{kind}/{repo_id}/resolve/"
+            if path.startswith(f"/api/{kind}/{repo_id}/tree/"):
                 tree = [
                     {"type": "file", "path": n, "size": len(b), "oid": hashlib.sha1(b).hexdigest()}
                     for n, b in files.items()
@@ -51,6 +52,13 @@ def fake_hub(
                 body = files[path.rsplit("/", 1)[-1]]
                 etag = hashlib.sha256(body).hexdigest()
                 self._reply(body, {"X-Repo-Commit": commit, "ETag": f'"{etag}"'}, send_body)
+            elif path.startswith(
+                f"/api/{kind}/"
+            ):  # another repo: what the Hub answers for unknown or private
+                self.send_response(401)
+                self.send_header("X-Error-Code", "RepoNotFound")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
             else:
                 self.send_response(404)
                 self.send_header("Content-Length", "0")

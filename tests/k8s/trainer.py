@@ -19,22 +19,24 @@ PET_MASTER_PORT = 29400
 
 
 @functools.cache
-def _chart_runtime() -> str:
+def _chart_runtime(*sets: str) -> str:
     import yaml
 
     from tests.fixtures.chart import template
 
     (rt,) = [
-        o for o in template(sets=("trainingRuntime.enabled=true",)) if o["kind"] == "ClusterTrainingRuntime"
+        o
+        for o in template(sets=("trainingRuntime.enabled=true", *sets))
+        if o["kind"] == "ClusterTrainingRuntime"
     ]
     return yaml.safe_dump(rt)
 
 
-def chart_runtime() -> dict[str, Any]:
-    """The chart's ClusterTrainingRuntime (dockerfiles/chart, default values) as helm renders it."""
+def chart_runtime(*sets: str) -> dict[str, Any]:
+    """The chart's ClusterTrainingRuntime (dockerfiles/chart, default values + ``sets``) as helm renders it."""
     import yaml
 
-    return yaml.safe_load(_chart_runtime())  # type: ignore[no-any-return]
+    return yaml.safe_load(_chart_runtime(*sets))  # type: ignore[no-any-return]
 
 
 def merge(base: Any, patch: Any) -> Any:
@@ -104,6 +106,15 @@ def compile_trainjob(trainjob: dict[str, Any], runtime: dict[str, Any] | None = 
             {"name": "PET_MASTER_PORT", "value": str(PET_MASTER_PORT)},
         ]
         container["env"] = _merge_env(_merge_env(container.get("env") or [], trainer.get("env") or []), pet)
+    # Initializers: spec.initializer.{dataset,model} go to the runtime's <kind>-initializer container as
+    # STORAGE_URI plus its env (a runtime without that replicated job ignores them).
+    for kind, init in (trainjob["spec"].get("initializer") or {}).items():
+        for rj in spec["replicatedJobs"]:
+            if rj["name"] == f"{kind}-initializer":
+                pod = rj["template"]["spec"]["template"]["spec"]
+                container = next(c for c in pod["containers"] if c["name"] == rj["name"])
+                extra = [{"name": "STORAGE_URI", "value": init["storageUri"]}, *(init.get("env") or [])]
+                container["env"] = _merge_env(container.get("env") or [], extra)
     for patch in trainjob["spec"].get("runtimePatches") or []:
         spec = merge(spec, (patch.get("trainingRuntimeSpec") or {}).get("template", {}).get("spec", {}))
     spec["suspend"] = bool(trainjob["spec"].get("suspend", False))

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
-from hydra_plugins.kubernetes_launcher import _kueue, _trainjob
+from hydra_plugins.kubernetes_launcher import _kueue, _staging, _trainjob
 from hydra_plugins.kubernetes_launcher._backends import BACKENDS
 from hydra_plugins.kubernetes_launcher._names import (
     CANCEL_ON_INTERRUPT,
@@ -74,6 +74,7 @@ def plain_problems(plain: Mapping[str, Any]) -> list[str]:
     problems += _labels(launcher)
     problems += _prometheus(plain.get("tracking") or {})
     problems += _kueue.problems(launcher) + _trainjob.problems(launcher) + _rayjob.problems(plain)
+    problems += _staging.problems(plain)
     named = {p.split(" ", 1)[0] for p in problems}  # a key refused by its name is not refused again by shape
     problems += [p for p in _secret_shapes(plain) if p.split(" ", 1)[0] not in named]
     problems += _durable_run_dir(plain)

@@ -22,7 +22,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import yaml
-from hydra_plugins.kubernetes_launcher import _kueue
+from hydra_plugins.kubernetes_launcher import _kueue, _staging
 from hydra_plugins.kubernetes_launcher._backends import BACKENDS as BACKEND_TABLE
 from hydra_plugins.kubernetes_launcher._backends import BY_KIND, JobParts
 from hydra_plugins.kubernetes_launcher._names import (  # noqa: F401 - re-exported: tests and api read them here
@@ -485,6 +485,8 @@ def render(
     ]
     if problems:
         raise ConfigError(problems)
+    steps = _staging.hub_steps(plain)  # launcher.staging=all: Hub ids downloaded by an init step
+    plain = _staging.pod_config(plain, steps)  # ... and the pods read the staged copies
     cfg = _view(plain)  # from here on, plain values
     if cfg.launcher.namespace is None:  # the launcher fills in the context's; a bare render: default
         cfg.launcher.namespace = "default"
@@ -534,6 +536,7 @@ def render(
         "metadata": _metadata(name, ns, labels, annotations),
         "spec": spec,
     }
+    _staging.add_init_steps(job, backend, steps, plain)
     _kueue.apply(job, entry, launcher)  # queue label + suspended, priority, topology (no-op without them)
     objs.append(job)
     if launcher.setup_namespace:
