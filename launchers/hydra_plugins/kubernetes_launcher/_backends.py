@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from hydra_plugins.kubernetes_launcher import _trainjob
+from hydra_plugins.kubernetes_launcher import _staging, _trainjob
 from hydra_plugins.kubernetes_launcher._names import COMPLETION_INDEX, pod_run_dir
 from hydra_plugins.ray_launcher import _rayjob
 
@@ -67,6 +67,8 @@ class Backend:
     warnings: Callable[[Mapping[str, Any]], list[str]] = lambda plain: []
     # The job-object annotation that takes launcher.exclusive_topology (None: the backend has no such placement)
     exclusive_topology_annotation: str | None = None
+    # launcher.staging=all: puts the Hub download steps into the spec (_staging.py); None: not supported
+    stage_init: Callable[[dict[str, Any], list[Any]], None] | None = None
 
     @property
     def api_version(self) -> str:
@@ -247,6 +249,19 @@ def _pytorchjob_node_rank(pod: dict[str, Any]) -> int | None:
     return 0 if rtype == "master" else index + 1 if rtype == "worker" else None
 
 
+# ------------------------------------------------------------------------------------------ staging steps
+def _jobset_stage(spec: dict[str, Any], steps: list[Any]) -> None:
+    for rj in spec["replicatedJobs"]:
+        _staging.add_to_indexed_job(rj["template"]["spec"], steps)
+
+
+def _pytorchjob_stage(spec: dict[str, Any], steps: list[Any]) -> None:
+    replicas = spec["pytorchReplicaSpecs"]  # Master (node rank 0) downloads, Workers wait for the marker
+    _staging.add_to_replicas(
+        {r: replicas[n] for r, n in (("0", "Master"), ("1", "Worker")) if n in replicas}, steps
+    )
+
+
 # -------------------------------------------------------------------------------------------------- table
 BACKENDS: dict[str, Backend] = {
     b.name: b
@@ -265,6 +280,7 @@ BACKENDS: dict[str, Backend] = {
             phase=_job_phase,
             node_rank=_completion_index,
             headless_service=True,
+            stage_init=_staging.add_to_indexed_job,
             semantics="restart budget x nodes pod failures (no gang restart of its own: the peers of a crashed "
             "pod fail and are replaced); exit 2 fails the Job; 143 and disruptions are not counted",
         ),
@@ -282,6 +298,7 @@ BACKENDS: dict[str, Backend] = {
             phase=_jobset_phase,
             node_rank=_completion_index,
             exclusive_topology_annotation="alpha.jobset.sigs.k8s.io/exclusive-topology",
+            stage_init=_jobset_stage,
             semantics="any pod failure restarts the whole gang (BlockingRecreate), one restart per incident up to "
             "maxRestarts; exit 2 fails the JobSet; 143 and disruptions are not counted",
         ),
@@ -310,6 +327,7 @@ BACKENDS: dict[str, Backend] = {
             node_rank_env=False,
             pod_env=_pytorchjob_env,
             warnings=_pytorchjob_warnings,
+            stage_init=_pytorchjob_stage,
             semantics="ExitCode: a crash (exit 200), 137 and 143 recreate the pod and its peers follow; node rank 0 "
             "counts incidents against the budget in the run dir; exit 2 fails the job",
             suspend_path=("runPolicy", "suspend"),
@@ -329,6 +347,7 @@ BACKENDS: dict[str, Backend] = {
             phase=_trainjob.phase,
             node_rank=_completion_index,
             container=_trainjob.CONTAINER,
+            stage_init=_staging.trainjob_initializer,
         ),
         Backend(
             # KubeRay: a Ray cluster per job (head + one worker group of hardware.nodes pods); its driver runs

@@ -536,7 +536,7 @@ def render(
         "metadata": _metadata(name, ns, labels, annotations),
         "spec": spec,
     }
-    _staging.add_init_steps(job, backend, steps, plain)
+    _staging.add_init_steps(job, backend, steps)
     _kueue.apply(job, entry, launcher)  # queue label + suspended, priority, topology (no-op without them)
     objs.append(job)
     if launcher.setup_namespace:

@@ -355,27 +355,31 @@ def _add_to(job_spec: dict[str, Any], pod: dict[str, Any], steps: list[HubStep],
         _fail_on_permanent(job_spec, [c["name"] for c in inits])
 
 
-def add_init_steps(job: dict[str, Any], backend: str, steps: list[HubStep], plain: Mapping[str, Any]) -> None:
-    """Put the Hub staging steps into the job object, the way its controller runs them (module docstring)."""
-    if not steps:
-        return
-    spec = job["spec"]
-    if backend == "indexed_job":
-        _add_to(spec, spec["template"], steps, "$(NODE_RANK)")
-    elif backend == "jobset":
-        for rj in spec["replicatedJobs"]:
-            _add_to(rj["template"]["spec"], rj["template"]["spec"]["template"], steps, "$(NODE_RANK)")
-    elif backend == "pytorchjob":
-        replicas = spec["pytorchReplicaSpecs"]
-        for rtype, rank in (("Master", "0"), ("Worker", "1")):  # Worker ranks only wait for the marker
-            if rtype in replicas:
-                replicas[rtype]["template"] = template = copy.deepcopy(replicas[rtype]["template"])
-                _add_to({}, template, steps, rank)
-    elif backend == "trainjob":
-        _trainjob_initializer(spec, steps, plain)
+def add_to_indexed_job(job_spec: dict[str, Any], steps: list[HubStep]) -> None:
+    """Init containers on every pod of an Indexed Job spec: node rank 0 downloads, the others wait."""
+    _add_to(job_spec, job_spec["template"], steps, "$(NODE_RANK)")
 
 
-def _trainjob_initializer(spec: dict[str, Any], steps: list[HubStep], plain: Mapping[str, Any]) -> None:
+def add_to_replicas(templates: dict[str, dict[str, Any]], steps: list[HubStep]) -> None:
+    """Init containers per replica type (``{"0": template}`` downloads, other keys only wait for the marker);
+    each template is copied first (replica types may share one)."""
+    for rank, holder in templates.items():
+        holder["template"] = template = copy.deepcopy(holder["template"])
+        _add_to({}, template, steps, rank)
+
+
+def add_init_steps(job: dict[str, Any], backend: str, steps: list[HubStep]) -> None:
+    """Put the Hub staging steps into the job object, the way its controller runs them (the backend table's
+    ``stage_init``; module docstring)."""
+    from hydra_plugins.kubernetes_launcher._backends import BACKENDS
+
+    init = BACKENDS[backend].stage_init
+    if steps and init is not None:
+        init(job["spec"], steps)
+
+
+def trainjob_initializer(spec: dict[str, Any], steps: list[HubStep]) -> None:
+    """spec.initializer.{model,dataset} of a TrainJob (+ a runtimePatches entry mounting a PVC target)."""
     from hydra_plugins.kubernetes_launcher import _trainjob
 
     trainer_env = spec["trainer"]["env"]
@@ -460,17 +464,24 @@ def problems(plain: Mapping[str, Any]) -> list[str]:
     if not hub:
         return out
     keys = ", ".join(k for k, *_ in hub)
+    from hydra_plugins.kubernetes_launcher._backends import BACKENDS
+
     backend = str(launcher.get("backend"))
+    entry = BACKENDS.get(backend)
     if target(plain) is None:
         out.append(
             f"launcher.staging=all stages {keys} but there is no staging target: set storage.output_uri=s3://..., "
             "launcher.staging_uri, or launcher.run_dir_pvc"
         )
-    if backend == "rayjob":
+    if entry is not None and entry.stage_init is None:
         out.append(
-            "launcher.staging=all: backend=rayjob has no init step; use backend=jobset or launcher.staging=local"
+            f"launcher.staging=all: backend={backend} has no init step; use backend=jobset or launcher.staging=local"
         )
-    if backend == "trainjob" and len({(r, v) for _, kind, r, v, _ in hub if kind == "dataset"}) > 1:
+    if (
+        entry is not None
+        and entry.kind == "TrainJob"
+        and len({(r, v) for _, kind, r, v, _ in hub if kind == "dataset"}) > 1
+    ):
         out.append(
             "launcher.staging=all: a TrainJob has one dataset initializer, but dataset.path and dataset.val_path "
             "name different Hub repos; use one repo or backend=jobset"
