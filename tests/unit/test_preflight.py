@@ -243,3 +243,17 @@ def test_launch_stops_before_submitting_and_exits_2(tmp_path: Path) -> None:
         )  # fmt: skip
         assert proc.returncode == 0, proc.stdout + proc.stderr
         assert len(kube.names("jobsets") + kube.names("jobs")) == 1
+
+
+def test_staged_trainjob_needs_the_runtimes_initializer_steps(cluster: FakeKube) -> None:
+    """launcher.staging=all with a TrainJob: a runtime without model-initializer ignores spec.initializer."""
+    from tests.k8s.trainer import chart_runtime
+
+    hub = ("launcher.backend=trainjob", "launcher.staging=all", "model.pretrained=acme/Tiny-Instruct")
+    (line,) = problems(cluster, *hub)
+    assert line.startswith("ClusterTrainingRuntime framework-torch has no model-initializer step")
+    assert "trainingRuntime.initializers=true" in line
+    runtime = chart_runtime("trainingRuntime.initializers=true")
+    runtime["metadata"]["namespace"] = ""  # cluster-scoped, as the fixture stores it
+    cluster.put("clustertrainingruntimes", runtime)
+    assert problems(cluster, *hub) == []

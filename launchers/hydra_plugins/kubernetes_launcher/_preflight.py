@@ -6,7 +6,8 @@ Checked (each failure is one line naming the object and the fix; any failure exi
 - the namespace exists;
 - every Secret (and key), ConfigMap and PersistentVolumeClaim the pods reference, found in the rendered objects
   (env secretKeyRef/configMapKeyRef, envFrom, volumes, imagePullSecrets);
-- the Kueue LocalQueue (launcher.queue) and, for trainjob, the (Cluster)TrainingRuntime (launcher.runtime);
+- the Kueue LocalQueue (launcher.queue) and, for trainjob, the (Cluster)TrainingRuntime (launcher.runtime), with
+  the initializer steps a TrainJob of launcher.staging=all needs;
 - the launcher's own permissions for submit, follow, logs and cancel (SelfSubjectAccessReview);
 - some node offers the GPUs one pod asks for (hardware.resource_name x gpus_per_node), else, when nodes cannot be
   listed, the queue's ClusterQueue quota does; what the cluster has is named;
@@ -23,7 +24,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from hydra_plugins.kubernetes_launcher import _trainjob
+from hydra_plugins.kubernetes_launcher import _staging, _trainjob
 from hydra_plugins.kubernetes_launcher._backends import BACKENDS, BY_KIND
 
 from framework.errors import EXIT_USAGE, FrameworkError
@@ -269,12 +270,15 @@ class Preflight:
             kind = str(getattr(launcher, "runtime_kind", "ClusterTrainingRuntime"))
             res = RUNTIMES[kind]
             try:
-                if self._get(res, str(launcher.runtime)) is None:
+                runtime = self._get(res, str(launcher.runtime))
+                if runtime is None:
                     where = "" if res.cluster else f" in namespace {self.ns}"
                     problems.append(
                         f"{kind} {launcher.runtime} not found{where} (launcher.runtime): install dockerfiles/chart "
                         "with trainingRuntime.enabled=true, or use Kubeflow Trainer's stock torch-distributed"
                     )
+                else:
+                    problems += _staging.runtime_problems(self.objs, runtime)
             except _Skip:
                 pass
         return problems

@@ -487,3 +487,29 @@ def problems(plain: Mapping[str, Any]) -> list[str]:
             "name different Hub repos; use one repo or backend=jobset"
         )
     return out
+
+
+def runtime_problems(objs: Any, runtime: Mapping[str, Any]) -> list[str]:
+    """Preflight: a TrainJob's spec.initializer needs the runtime's <kind>-initializer replicated job (else
+    Trainer ignores it and the pods find nothing staged)."""
+    name = str((runtime.get("metadata") or {}).get("name"))
+    have = {
+        rj.get("name")
+        for rj in (((runtime.get("spec") or {}).get("template") or {}).get("spec") or {}).get(
+            "replicatedJobs"
+        )
+        or []
+    }
+    out = []
+    for obj in objs:
+        for kind in sorted(
+            ((obj.get("spec") or {}).get("initializer") or {}) if obj.get("kind") == "TrainJob" else {}
+        ):
+            step = TRAINJOB_INITIALIZERS[kind]
+            if step not in have:
+                out.append(
+                    f"{runtime.get('kind')} {name} has no {step} step for launcher.staging=all: install "
+                    "dockerfiles/chart with trainingRuntime.initializers=true (launcher.runtime=framework-torch), "
+                    "or use launcher.staging=local or another backend"
+                )
+    return out
