@@ -387,3 +387,26 @@ def test_stage_command_runs_as_a_module(tmp_path: Path) -> None:
         timeout=120,
     )
     assert out.returncode == 2 and out.stderr.strip().startswith("error: staging target /not/mounted/x")
+
+
+def test_a_dry_run_sweep_through_the_launcher_shares_one_staged_copy(tmp_path: Path) -> None:
+    """`python -m framework -m ...`: both jobs of the sweep (own run dirs) get the same init step and read the
+    same staged copy."""
+    from tests.helpers import run_cli
+
+    proc = run_cli(
+        ["-m", "launcher=kubernetes", "launcher.dry_run=true", *HUB, *S3, "optim.lr=1e-4,3e-4"], tmp_path
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    found = sorted(tmp_path.glob("multirun/*/*/*/manifests.yaml"))
+    assert len(found) == 2
+    dests, pretrained, outputs = set(), set(), set()
+    for path in found:
+        objs = list(yaml.safe_load_all(path.read_text()))
+        assert [e for o in objs for e in schemas.errors(o)] == []
+        (template,) = pod_templates(main_object(objs))
+        dests.add(arg(template["spec"]["initContainers"][0], "dest"))
+        cfg = pod_config(objs)
+        pretrained.add(cfg["model"]["pretrained"])
+        outputs.add(cfg["storage"]["output_uri"])
+    assert dests == pretrained == {MODEL_DEST} and len(outputs) == 2
