@@ -91,7 +91,8 @@ def main() -> int:
     sweep_1_wall, s1, _ = best(CLI.replace("ARGS", repr(["-m", *common])), args.repeat)
     sweep_args = ["-m", *common, f"train.seed=range(0,{args.jobs})"]
     sweep_wall, sn, out = best(CLI.replace("ARGS", repr(sweep_args)), args.repeat)
-    written = out.count("manifests.yaml (")
+    # one "Wrote <dir>/manifests.yaml (<job>); submit with ..." line a job (the line names manifests.yaml twice)
+    written = sum(line.startswith("Wrote ") and "manifests.yaml (" in line for line in out.splitlines())
     per_job = (sweep_wall - sweep_1_wall) / max(1, args.jobs - 1)
 
     print(

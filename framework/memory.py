@@ -404,10 +404,31 @@ def max_micro_batch(cfg: Any, gpu_memory_gb: float, limit: int = 4096) -> int:
     return lo
 
 
+class _Reads:
+    """A read-only view of a config (DictConfig or dict) that reads each key once: one estimate reads ~30 keys
+    ~150 times, and a DictConfig read costs ~25 us (validation, interpolation): ~4 ms of every config check."""
+
+    __slots__ = ("_node", "_memo")
+
+    def __init__(self, node: Any) -> None:
+        self._node = node
+        self._memo: dict[str, Any] = {}
+
+    def keys(self) -> Any:
+        return self._node.keys()
+
+    def get(self, part: str, default: Any = None) -> Any:
+        if part not in self._memo:
+            value = self._node.get(part)
+            self._memo[part] = _Reads(value) if isinstance(value, dict) or hasattr(value, "keys") else value
+        value = self._memo[part]
+        return default if value is None else value
+
+
 def check_fits(cfg: Any, gpu_memory_gb: float | None = None) -> Estimate:
     """Raise ConfigError when the estimate exceeds the GPU's memory (``hardware.gpu_memory_gb`` by default)."""
     budget = gpu_memory_gb if gpu_memory_gb is not None else _get(cfg, "hardware.gpu_memory_gb")
-    est = estimate(cfg)
+    est = estimate(_Reads(cfg) if isinstance(cfg, dict) or hasattr(cfg, "keys") else cfg)
     if budget is None:
         return est
     if est.total > HEADROOM * float(budget) * GB:

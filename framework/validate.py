@@ -21,7 +21,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from framework import domains, fastpath, pretrained
+from framework import domains, fastpath, hydra_compat, pretrained
 from framework.config import Config
 from framework.errors import ConfigError
 from framework.evaluation import eval_problems
@@ -376,7 +376,7 @@ def validate(
 ) -> list[str]:
     """Return every problem found in ``cfg`` (empty when valid). ``gpu_count`` is asked only for local GPU runs;
     ``check_local_paths=False`` skips path existence (a launcher whose jobs read paths on another machine)."""
-    missing = set(OmegaConf.missing_keys(cfg))
+    missing = hydra_compat.missing_keys(cfg)  # OmegaConf.missing_keys, without reading every value
     problems = [
         f"{key} is required but not set; pass {key}=<value> on the command line" for key in sorted(missing)
     ]

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import pickle
 
+import pytest
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import OmegaConf
+from omegaconf.errors import InterpolationToMissingValueError
 
 from framework import hydra_compat
 from tests.unit.test_config import compose_cfg
@@ -44,6 +47,31 @@ def test_detached_removes_then_restores_the_same_node() -> None:
         assert "hydra" not in task and task.train.max_steps == 2
     assert cfg._get_node("hydra") is node and cfg.hydra.job.num == 3  # the node itself, not a copy
     assert pickle.loads(pickle.dumps(cfg)).hydra.job.num == 3  # still a well-formed config
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        [],
+        ["storage.output_uri=???", "+dataset.extra=???"],
+        ["launcher=kubernetes", "hardware=a100x8", "+launcher.env.TOKEN_FILE=???"],
+        ["+train.extra_list=[1,???,3]", "+train.extra_dict={a: ???, b: 2}", "lora=null"],
+    ],
+)
+def test_missing_keys_as_omegaconf_finds_them(overrides: list[str]) -> None:
+    cfg = compose_cfg(*overrides)
+    with hydra_compat.detached(cfg, "hydra") if "hydra" in cfg else contextlib.nullcontext(cfg) as task:
+        assert hydra_compat.missing_keys(task) == OmegaConf.missing_keys(task)
+
+
+def test_missing_keys_raises_as_omegaconf_for_an_interpolation_to_a_missing_value() -> None:
+    cfg = OmegaConf.create({"a": "???", "b": "${a}", "c": {"d": "${c.e}", "e": {"f": "???"}}})
+    with pytest.raises(InterpolationToMissingValueError):
+        OmegaConf.missing_keys(cfg)
+    with pytest.raises(InterpolationToMissingValueError):
+        hydra_compat.missing_keys(cfg)
+    nested = OmegaConf.create({"c": {"d": "${c.e}", "e": {"f": "???"}}, "l": [{"x": "???"}]})
+    assert hydra_compat.missing_keys(nested) == OmegaConf.missing_keys(nested) == {"c.e.f", "l[0].x"}
 
 
 def test_return_value_of_completed_and_failed_jobs() -> None:

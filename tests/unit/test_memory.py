@@ -252,3 +252,24 @@ def test_estimate_accepts_plain_dicts() -> None:
     assert est.params_total == 100 * 8 * 2 + (8 * 8 + 8 * 4 * 2 + 8 * 8 + 3 * 8 * 16 + 16) + 8
     assert est.runtime == memory.RUNTIME_GB_CUDA * memory.GB
     assert est.describe().endswith(")")
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["hardware=a100x8", "hardware.nodes=2"],
+        ["hardware=h200x1", "lora.use_dora=true", "model.gradient_checkpointing=true"],
+        [
+            "recipe=full_finetune",
+            "hardware=a100x8",
+            "hardware.zero_stage=3",
+            "hardware.offload_optimizer=true",
+        ],
+    ],
+)
+def test_check_fits_reads_each_key_once_with_the_same_estimate(overrides: list[str]) -> None:
+    """check_fits estimates through a view that reads each key once (memory._Reads): the same numbers."""
+    cfg = cfg_for(*overrides)
+    assert memory.estimate(memory._Reads(cfg)) == memory.estimate(cfg)
+    plain = memory._plain_copy(cfg)
+    assert memory.estimate(memory._Reads(plain)) == memory.estimate(plain)
