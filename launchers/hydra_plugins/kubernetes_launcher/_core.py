@@ -128,10 +128,21 @@ def _save_hydra_files(job: Job) -> None:
         return
     out = job.out_dir / str(cfg.hydra.output_subdir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(config_yaml(job.plain))
+    (out / "config.yaml").write_text(_config_text(job))
     hydra = OmegaConf.to_container(cfg.hydra, resolve=False, enum_to_str=True)
     (out / "hydra.yaml").write_text(config_yaml({"hydra": hydra}))
     (out / "overrides.yaml").write_text(config_yaml(list(job.overrides)))  # type: ignore[arg-type]
+
+
+def _config_text(job: Job) -> str:
+    """The job's resolved config as its ConfigMap holds it (rendered once), else as config_yaml writes it."""
+    from hydra_plugins.kubernetes_launcher._names import CONFIG_FILE
+
+    for obj in job.objs:
+        meta = obj.get("metadata") or {}
+        if obj.get("kind") == "ConfigMap" and meta.get("name") == f"{job.name}-config":
+            return str(obj["data"][CONFIG_FILE])
+    return config_yaml(job.plain)
 
 
 def _task_cfg(cfg: DictConfig) -> DictConfig:
