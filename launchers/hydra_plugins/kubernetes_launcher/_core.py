@@ -244,7 +244,8 @@ def launch(
     launcher: KubernetesLauncher, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
 ) -> list[JobReturn]:
     remote_jobs.start(launcher)
-    jobs = render_jobs(launcher, job_overrides, initial_job_idx)
+    with remote_jobs.gc_paused():
+        jobs = render_jobs(launcher, job_overrides, initial_job_idx)
     callbacks = launcher.hydra_context.callbacks if launcher.hydra_context is not None else None
     if callbacks is not None and not getattr(callbacks, "callbacks", True):
         callbacks = None  # none configured: skip setting HydraConfig per job (a masked copy, ~10 ms)
@@ -276,13 +277,14 @@ def launch(
             # summary would never print, so this sweep's is printed here.
             print(format_summary([JobSummary.from_return(j.overrides, j.status, _value(j)) for j in jobs]))
     returns = []
-    for job in jobs:
-        ret = _job_return(job)
-        job.log(f"{job.status}: {job.message}" if job.message else job.status)
-        if callbacks is not None:
-            _set_hydra_config(job.cfg)
-            callbacks.on_job_end(config=job.cfg, job_return=ret)
-        returns.append(ret)
+    with remote_jobs.gc_paused():  # each JobReturn holds a copy of its task config
+        for job in jobs:
+            ret = _job_return(job)
+            job.log(f"{job.status}: {job.message}" if job.message else job.status)
+            if callbacks is not None:
+                _set_hydra_config(job.cfg)
+                callbacks.on_job_end(config=job.cfg, job_return=ret)
+            returns.append(ret)
     return returns
 
 

@@ -128,7 +128,8 @@ def launch(
     launcher: RayLauncher, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
 ) -> list[JobReturn]:
     remote_jobs.start(launcher)
-    jobs = build_jobs(launcher, job_overrides, initial_job_idx)
+    with remote_jobs.gc_paused():
+        jobs = build_jobs(launcher, job_overrides, initial_job_idx)
     _run(jobs)
     if len(jobs) > 1 and jobs[0].launcher.follow:
         print(format_summary([_summary(j) for j in jobs]), flush=True)
