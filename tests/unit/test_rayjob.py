@@ -87,6 +87,17 @@ def test_golden_and_valid_against_the_crds(nodes: int, monkeypatch: pytest.Monke
     assert crd_errors(main_object(objs)) == []
 
 
+def test_ray_nodes_drain_for_the_pods_grace_period() -> None:
+    """A deleted worker pod's `ray start` marks its node draining (Ray Train then tells the workers, which
+    checkpoint the current step) for the grace period less the margin, not Ray's default 30 s."""
+    cluster = rayjob("hardware.nodes=2", "launcher.termination_grace_s=300")["spec"]["rayClusterSpec"]
+    for group in (cluster["headGroupSpec"], *cluster["workerGroupSpecs"]):
+        spec = group["template"]["spec"]
+        env = {e["name"]: e.get("value") for e in spec["containers"][0]["env"]}
+        assert spec["terminationGracePeriodSeconds"] == 300
+        assert env["RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S"] == "285"
+
+
 def test_head_and_worker_groups_from_the_hardware_profile() -> None:
     spec = rayjob("hardware.nodes=4")["spec"]
     cluster = spec["rayClusterSpec"]

@@ -105,6 +105,18 @@ def _ray_pod(
     for key in ("command", "args", "ports"):
         c.pop(key, None)
     c["env"] = [e for e in c.get("env") or [] if e["name"] not in RENDEZVOUS_ENV] + copy.deepcopy(auth)
+    grace = spec.get("terminationGracePeriodSeconds")
+    if grace is not None:
+        # On the pod's SIGTERM, `ray start` (PID 1: bash -c execs KubeRay's last command) marks its node draining
+        # for this long (Ray's default: 30 s); Ray Train's preemption watcher tells the workers, which checkpoint
+        # the current step (ray_launcher._train). The margin leaves Ray's own teardown before the SIGKILL.
+        from hydra_plugins.kubernetes_launcher._render import GRACE_MARGIN_S
+
+        drain = {
+            "name": "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S",
+            "value": str(max(int(grace) - GRACE_MARGIN_S, 1)),
+        }
+        c["env"] = [e for e in c["env"] if e["name"] != drain["name"]] + [drain]
     if resources is not None:
         c["resources"] = resources
     if not with_config:
