@@ -320,3 +320,33 @@ def test_dry_run_is_refused_rather_than_submitted() -> None:
         and "backend=rayjob" in problem
     )
     assert problems("auto") == []
+
+
+@pytest.mark.parametrize("fails", [1, 2, 3])
+def test_ray_client_address_is_tried_again_http_is_not(fails: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A ray:// address goes through a Ray Client session that a busy head may start too late once; an
+    http:// address that does not answer fails at the first try."""
+    from hydra_plugins.ray_launcher import _client
+
+    calls: list[str] = []
+
+    def client(address: str, headers: dict[str, str]) -> object:
+        calls.append(address)
+        if len(calls) <= fails:
+            raise ConnectionError("ray client connection timeout")
+        return SimpleNamespace()
+
+    monkeypatch.setattr(_client, "import_ray_jobs", lambda: SimpleNamespace(JobSubmissionClient=client))
+    monkeypatch.setattr(_client, "_RAY_CLIENT_PAUSES_S", (0.0, 0.0))
+    monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
+    if fails < 3:
+        _client.RayJobs("ray://127.0.0.1:10001")
+        assert len(calls) == fails + 1
+    else:
+        with pytest.raises(_client.ClusterUnreachable, match="ray client connection timeout") as info:
+            _client.RayJobs("ray://127.0.0.1:10001")
+        assert len(calls) == 3 and "kubectl port-forward" in str(info.value)
+    calls.clear()
+    with pytest.raises(_client.ClusterUnreachable):
+        _client.RayJobs("http://127.0.0.1:8265")
+    assert len(calls) == 1

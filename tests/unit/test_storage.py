@@ -263,13 +263,13 @@ def test_s3_upload_download_dir(tmp_path: Path, s3_bucket: str) -> None:
         storage.download_dir(storage.join(s3_bucket, "run", "checkpoints", "step_99"), tmp_path / "nope")
 
 
-def test_missing_key_names_the_uri(s3_bucket: str) -> None:
+def test_missing_key_names_the_uri(s3_bucket: str, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="framework.storage")
     uri = storage.join(s3_bucket, "nope", "missing.json")
-    t0 = time.monotonic()
     with pytest.raises(FileNotFoundError, match=uri) as info:
         storage.read_text(uri)
     assert isinstance(info.value, storage.StorageNotFoundError)
-    assert time.monotonic() - t0 < 2
+    assert not [r for r in caplog.records if "retrying" in r.getMessage()], "a missing key is never retried"
     with pytest.raises(FileNotFoundError, match=storage.join(s3_bucket, "nope")):
         storage.listdir(storage.join(s3_bucket, "nope"))
     with pytest.raises(FileNotFoundError, match=uri):
@@ -298,7 +298,6 @@ def test_wrong_access_key_fails_at_once(s3_bucket: str, caplog: pytest.LogCaptur
     caplog.set_level(logging.WARNING, logger="framework.storage")
     uri = storage.join(s3_bucket, "x.txt")
     with enable_iam_authentication():  # moto now checks keys; the fixture's fake key is unknown
-        t0 = time.monotonic()
         with pytest.raises(
             storage.StorageError, match="check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY"
         ) as info:
@@ -306,8 +305,7 @@ def test_wrong_access_key_fails_at_once(s3_bucket: str, caplog: pytest.LogCaptur
         assert "InvalidAccessKeyId" in str(info.value) and uri in str(info.value)
         with pytest.raises(storage.StorageError, match="check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY"):
             storage.read_text(uri)  # a HEAD answers a bare 403: same message
-        assert time.monotonic() - t0 < 2
-    assert retry_warnings(caplog) == []
+    assert retry_warnings(caplog) == []  # fails at once: never retried
 
 
 def test_no_credentials_at_all(s3_bucket: str, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -359,8 +357,11 @@ def test_unreachable_endpoint_retries_then_fails(
     msg = str(info.value)
     assert uri in msg and "AWS_ENDPOINT_URL" in msg and "4 attempt(s)" in msg
     assert info.value.__cause__ is not None
-    assert len(retry_warnings(caplog)) == 3
-    assert elapsed < 3
+    warnings = retry_warnings(caplog)
+    assert len(warnings) == 3
+    # the configured backoff (0.05 s doubling), not the default 1 s doubling
+    assert all(float(w.rsplit("retrying in ", 1)[1].rstrip("s")) <= 0.2 for w in warnings), warnings
+    assert elapsed < 20  # three short pauses; the bound only catches a hang (loose: the box may be loaded)
     with pytest.raises(storage.StorageError, match="AWS_ENDPOINT_URL"):
         storage.upload_dir(Path(__file__).parent, "s3://some-bucket/x", max_workers=2)
 
@@ -378,7 +379,7 @@ def test_hung_endpoint_is_bounded_by_timeouts(s3_server: str, monkeypatch: pytes
                 storage.read_text(uri)
             elapsed = time.monotonic() - t0
     assert uri in str(info.value)
-    assert elapsed < 3
+    assert elapsed < 20  # 2 x 0.3 s timeouts; the default 60 s read timeout would exceed it
 
 
 def test_server_restart_mid_sequence(
@@ -400,7 +401,7 @@ def test_server_restart_mid_sequence(
             t0 = time.monotonic()
             assert storage.read_text(uri) == "before"  # refused while down, then served
             storage.write_text_atomic(uri, "after")
-            assert time.monotonic() - t0 < 5
+            assert time.monotonic() - t0 < 20  # only catches a hang: the box may be loaded
         timer.join()
         assert storage.read_text(uri) == "after"
         assert retry_warnings(caplog), "the endpoint was down: the read must have been retried"

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -149,6 +150,9 @@ def _info(d: Any) -> JobInfo:
     )
 
 
+_RAY_CLIENT_PAUSES_S = (2.0, 5.0)  # between the tries of resolving a ray:// address
+
+
 class RayJobs:
     """Jobs of one Ray cluster through its Jobs API (``http://host:8265``, ``ray://host:10001`` or ``auto``)."""
 
@@ -160,15 +164,25 @@ class RayJobs:
             os.environ.update({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token})
         jobs = import_ray_jobs()
         self.address = address
+        # A ray:// address is resolved through a Ray Client session, whose server process the cluster starts on
+        # demand: on a busy head that can miss Ray's connect timeout once. An http:// address fails at once.
+        pauses = _RAY_CLIENT_PAUSES_S if address.startswith("ray://") else ()
         try:
-            with _address_from_config():
-                self._client = jobs.JobSubmissionClient(address, headers=auth_headers())
+            for pause in (*pauses, None):
+                try:
+                    with _address_from_config():
+                        self._client = jobs.JobSubmissionClient(address, headers=auth_headers())
+                    break
+                except ConnectionError as e:
+                    if pause is None or _is_auth_error(e):
+                        raise
+                    time.sleep(pause)
         except ConnectionError as e:
             if _is_auth_error(e):
                 raise _auth_error(address) from e
             raise ClusterUnreachable(
-                f"Ray cluster at {address} is unreachable (no Jobs API answered); is it running and forwarded? "
-                f"e.g. {port_forward_hint(address)}"
+                f"Ray cluster at {address} is unreachable (no Jobs API answered: {_one_line(e)}); is it running "
+                f"and forwarded? e.g. {port_forward_hint(address)}"
             ) from e
         except Exception as e:  # Ray raises its own types per cause; each is reported with the address
             if _is_auth_error(e):
