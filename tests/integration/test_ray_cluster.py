@@ -157,17 +157,15 @@ def _wait_for(cond: Any, timeout: float, what: str, lines: list[str]) -> Any:
     raise AssertionError(f"timed out waiting for {what}:\n{''.join(lines)[-5000:]}")
 
 
-def test_killed_worker_restarts_group_and_resumes(
-    ray_cluster: RayCluster,  # noqa: F811
-    torchrun_reference: list[dict[str, Any]],
-    tmp_path: Path,
-) -> None:
-    run_dir = tmp_path / "run"
+def _group_past_step_4(
+    cluster: RayCluster, run_dir: Path, tmp_path: Path, max_failures: int
+) -> tuple[subprocess.Popen[str], list[str], str]:
+    """Start the TRAIN job; return once its group runs and ``latest`` is step_4, with rank 1's worker pid."""
     args = ray_args(
-        ray_cluster, *TRAIN, f"storage.output_uri={run_dir}", "launcher.max_failures=1",
+        cluster, *TRAIN, f"storage.output_uri={run_dir}", f"launcher.max_failures={max_failures}",
         f"hydra.sweep.dir={tmp_path / 'sweep'}",
     )  # fmt: skip
-    proc, lines = _popen(args, tmp_path, user_env(ray_cluster))
+    proc, lines = _popen(args, tmp_path, user_env(cluster))
     try:
         rank1 = _wait_for(
             lambda: next(
@@ -179,6 +177,20 @@ def test_killed_worker_restarts_group_and_resumes(
         )
         latest = run_dir / "checkpoints" / "latest"
         _wait_for(lambda: latest.is_file() and latest.read_text().strip() == "step_4", 300, "step_4", lines)
+    except BaseException:
+        proc.kill()
+        raise
+    return proc, lines, rank1
+
+
+def test_killed_worker_restarts_group_and_resumes(
+    ray_cluster: RayCluster,  # noqa: F811
+    torchrun_reference: list[dict[str, Any]],
+    tmp_path: Path,
+) -> None:
+    run_dir = tmp_path / "run"
+    proc, lines, rank1 = _group_past_step_4(ray_cluster, run_dir, tmp_path, max_failures=1)
+    try:
         os.kill(int(rank1), signal.SIGKILL)  # rank 1 dies without a word, as on a lost node
         rc = proc.wait(timeout=500)
     finally:
@@ -199,22 +211,8 @@ def test_sigterm_to_a_worker_checkpoints_that_step_and_resumes(
     """A SIGTERM to one Ray Train worker process (a pod deletion's) checkpoints the current step on every rank;
     the group restarts as a preemption (max_failures=0: not counted) and resumes from it."""
     run_dir = tmp_path / "run"
-    args = ray_args(
-        ray_cluster, *TRAIN, f"storage.output_uri={run_dir}", "launcher.max_failures=0",
-        f"hydra.sweep.dir={tmp_path / 'sweep'}",
-    )  # fmt: skip
-    proc, lines = _popen(args, tmp_path, user_env(ray_cluster))
+    proc, lines, rank1 = _group_past_step_4(ray_cluster, run_dir, tmp_path, max_failures=0)
     try:
-        rank1 = _wait_for(
-            lambda: next(
-                (m.group(1) for ln in lines if (m := re.search(r"pid=(\d+)\) world_rank=1", ln))), None
-            ),
-            400,
-            "the worker group",
-            lines,
-        )
-        latest = run_dir / "checkpoints" / "latest"
-        _wait_for(lambda: latest.is_file() and latest.read_text().strip() == "step_4", 300, "step_4", lines)
         _wait_for(lambda: any(m["step"] > 4 for m in read_metrics(run_dir)), 120, "step 5", lines)
         os.kill(int(rank1), signal.SIGTERM)
         rc = proc.wait(timeout=500)
