@@ -48,6 +48,9 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from framework.lookup import dotted_get
+from framework.pretrained import is_hub_id
+
 log = logging.getLogger(__name__)
 
 KEYS = (("model", "pretrained"), ("dataset", "path"), ("dataset", "val_path"))
@@ -56,7 +59,6 @@ DEFAULT_DIR = "framework-staging"
 PVC_DIR = ".staging"  # under launcher.run_dir when the run dir's PVC is the target
 MODES = ("off", "local", "all")
 STAGE_COMMAND = ["python", "-m", "framework.stage"]
-HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")  # framework.pretrained.HUB_ID
 HF_DATASET = re.compile(r"^hf://datasets/([^/@]+/[^/@]+)(?:@([^/]+))?(?:/(.*))?$")
 STAGING_PATCH_MANAGER = "framework.io/staging"  # runtimePatches entry: the initializer pods mount the PVC
 TRAINJOB_INITIALIZERS = {"model": "model-initializer", "dataset": "dataset-initializer"}
@@ -106,12 +108,6 @@ class Target:
     claim: str | None = None
 
 
-def _get(node: Any, key: str) -> Any:
-    if node is None:
-        return None
-    return node.get(key) if isinstance(node, Mapping) else getattr(node, key, None)
-
-
 def _pvc_of(path: str, launcher: Any) -> tuple[str, str] | None:
     from hydra_plugins.kubernetes_launcher._names import effective_pvcs
 
@@ -124,28 +120,28 @@ def _pvc_of(path: str, launcher: Any) -> tuple[str, str] | None:
 
 def target(cfg: Any) -> Target | None:
     """Where inputs are staged (see the module docstring); None when nothing can hold them."""
-    launcher, storage_cfg = _get(cfg, "launcher"), _get(cfg, "storage")
-    explicit = str(_get(launcher, "staging_uri") or "").rstrip("/")
+    launcher, storage_cfg = dotted_get(cfg, "launcher"), dotted_get(cfg, "storage")
+    explicit = str(dotted_get(launcher, "staging_uri") or "").rstrip("/")
     if explicit:
         if "://" in explicit:
             return Target(explicit)
         pvc = _pvc_of(explicit, launcher)
         return Target(explicit, pvc[1], pvc[0]) if pvc else None
-    out = str(_get(storage_cfg, "output_uri") or "")
+    out = str(dotted_get(storage_cfg, "output_uri") or "")
     if out.startswith("s3://"):
         return Target("s3://" + out[len("s3://") :].split("/", 1)[0] + "/" + DEFAULT_DIR)
-    run_dir = str(_get(launcher, "run_dir") or "").rstrip("/")
-    pvc = _pvc_of(run_dir, launcher) if _get(launcher, "run_dir_pvc") and run_dir else None
+    run_dir = str(dotted_get(launcher, "run_dir") or "").rstrip("/")
+    pvc = _pvc_of(run_dir, launcher) if dotted_get(launcher, "run_dir_pvc") and run_dir else None
     return Target(f"{run_dir}/{PVC_DIR}", pvc[1], pvc[0]) if pvc else None
 
 
 def staging_root(cfg: Any) -> str | None:
     """The S3 root local paths are uploaded to: launcher.staging_uri when it is s3://, else the output bucket's
     (also when Hub ids go to a PVC: the launcher cannot write into a PVC from here). None: no S3 at all."""
-    explicit = str(_get(_get(cfg, "launcher"), "staging_uri") or "")
+    explicit = str(dotted_get(cfg, "launcher.staging_uri") or "")
     if "://" in explicit:
         return explicit.rstrip("/")
-    out = str(_get(_get(cfg, "storage"), "output_uri") or "")
+    out = str(dotted_get(cfg, "storage.output_uri") or "")
     if out.startswith("s3://"):
         return "s3://" + out[len("s3://") :].split("/", 1)[0] + "/" + DEFAULT_DIR
     return None
@@ -256,7 +252,7 @@ def hub_inputs(plain: Mapping[str, Any]) -> list[tuple[str, str, str, str | None
     pretrained = str(model.get("pretrained") or "")
     if pretrained.startswith("hf://") and not pretrained.startswith("hf://datasets/"):
         pretrained = pretrained.removeprefix("hf://").removeprefix("models/")
-    if HUB_ID.match(pretrained) and not Path(pretrained).expanduser().exists():
+    if is_hub_id(pretrained):
         found.append(("model.pretrained", "model", pretrained, model.get("revision") or None, ""))
     dataset = plain.get("dataset") or {}
     for key in ("path", "val_path"):
